@@ -1,0 +1,180 @@
+"""Profiles (``studies/profiles/*.toml``) and the search space, read once into typed objects."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+from .toml import load_toml, studies_dir
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 64            # decoded square size (px) fed to VGG19
+    synthetic_images: int = 1200    # size of the embedded synthetic default set
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = "auto"           # imagenet | random | auto (a file path comes from --weights-file)
+    width: float = 1.0              # channel scale; tests use 1/16
+    head_hidden: int = 256          # hidden units of the 3-class head
+    dropout_p: float = 0.5          # dropout probability for dropout variants
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    patience: int = 4               # early stopping on inner-validation macro-F1
+    weight_decay: float = 0.0       # used for the "as specified" settings
+    momentum: float = 0.9           # SGD momentum
+    precision: str = "auto"         # auto | bf16 | fp32
+    channels_last: bool = True
+    feature_cache: bool = True      # train only the trainable suffix on cached activations
+    views: int = 4                  # pre-drawn augmentation views per image in the cache
+    class_weighting: bool = False
+    compile: bool = False           # torch.compile on CUDA
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    outer_folds: int = 5
+    inner_folds: int = 2
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    trials: int = 6
+    trials_unfrozen: int = 2        # trials for variants that train conv blocks (costly)
+    pruner: str = "median"          # median | wilcoxon | none
+    search_space: str = "search_space.toml"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mc_samples: int = 30
+    ood_max_images: int = 150       # held-out images per fold used for shifted copies
+    ood_severities: tuple[int, ...] = (1, 2, 3)
+    far_ood_images: int = 64
+    rf: bool = True
+    gradcam_images: int = 2         # per class, in the report
+    risk_target: float = 0.05
+    conformal_alphas: tuple[float, ...] = (0.1, 0.05)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str = ""
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def replace(self, **sections) -> Profile:
+        """Copy with some fields of some sections replaced, e.g. ``replace(train={'epochs': 2})``."""
+        changes = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            changes[name] = (dataclasses.replace(current, **value)
+                             if dataclasses.is_dataclass(current) else value)
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in fields(Profile) if f.name not in ("name", "description", "device")}
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "cv": CVConfig,
+                  "tune": TuneConfig, "evaluate": EvalConfig}
+
+
+def _build_section(cls, table: dict, where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+    values = {}
+    for key, value in table.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(f"{where}: {key} = {value!r} should be {type(default).__name__}")
+        values[key] = value
+    return cls(**values)
+
+
+def profile_path(name: str) -> Path:
+    return studies_dir() / "profiles" / f"{name}.toml"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in (studies_dir() / "profiles").glob("*.toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a profile by name (``quick``, ``full``) or path. ``auto`` is resolved by the caller."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = profile_path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"unknown profile {name_or_path!r}; available: "
+                              f"{', '.join(available_profiles())} (or auto), or a path to a .toml")
+    data = dict(load_toml(path))
+    name = data.pop("name", path.stem)
+    description = data.pop("description", "")
+    device = data.pop("device", "auto")
+    sections = {}
+    for key, table in data.items():
+        if key not in _SECTION_TYPES or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{key}]; sections: {sorted(_SECTION_TYPES)}")
+        sections[key] = _build_section(_SECTION_TYPES[key], table, f"{path} [{key}]")
+    return Profile(name=name, description=description, device=device, **sections)
+
+
+def resolve_profile_name(name: str, cuda_available: bool) -> str:
+    """``auto`` picks ``full`` when CUDA is present, else ``quick``."""
+    if name == "auto":
+        return "full" if cuda_available else "quick"
+    return name
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    optimizers: tuple[str, ...] = ("adam", "adamw", "sgd")
+    lr_low: float = 1e-6
+    lr_high: float = 1e-2
+    wd_low: float = 1e-6
+    wd_high: float = 1e-2
+
+
+def load_search_space(name_or_path: str = "search_space.toml") -> SearchSpace:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = studies_dir() / name_or_path
+    data = load_toml(path)
+    try:
+        space = SearchSpace(
+            optimizers=tuple(data["optimizer"]["choices"]),
+            lr_low=float(data["learning_rate"]["low"]), lr_high=float(data["learning_rate"]["high"]),
+            wd_low=float(data["weight_decay"]["low"]), wd_high=float(data["weight_decay"]["high"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: needs [optimizer] choices, [learning_rate] and [weight_decay] "
+                          f"low/high ({exc!r})") from exc
+    from .variants import OPTIMIZERS
+
+    bad = [o for o in space.optimizers if o not in OPTIMIZERS]
+    if bad or not (0 < space.lr_low < space.lr_high) or not (0 < space.wd_low < space.wd_high):
+        raise ConfigError(f"{path}: optimizers must be among {OPTIMIZERS} and 0 < low < high")
+    return space
