@@ -43,7 +43,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class CVConfig:
     outer_folds: int = 5
-    inner_folds: int = 2
+    inner_folds: int = 3
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,57 @@
+"""Decode image files into fixed-size RGB uint8 arrays, collecting every unreadable file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .scan import listing
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Palette, grey, 16-bit and RGBA images become 8-bit RGB (alpha composited on white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        image = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open and fully load an image as RGB; raises OSError/ValueError for corrupt files."""
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def decode_files(root: Path, relpaths: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode files to (N, size, size, 3) uint8 plus their original (width, height).
+
+    Raises one DataError that lists every corrupt or unreadable file.
+    """
+    images = np.empty((len(relpaths), size, size, 3), dtype=np.uint8)
+    original = np.empty((len(relpaths), 2), dtype=np.int32)
+    broken: list[str] = []
+    for i, rel in enumerate(relpaths):
+        path = root / rel
+        try:
+            im = read_image(path)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            broken.append(f"{path} ({type(exc).__name__}: {exc})")
+            continue
+        original[i] = im.size
+        images[i] = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR))
+    if broken:
+        raise DataError("corrupt or unreadable image files; re-export or remove them:\n"
+                        + listing(broken))
+    return images, original

@@ -1,0 +1,122 @@
+"""Donor-grouped outer/inner cross-validation folds, the leakage check, and the split CSV.
+
+Outer folds: ``StratifiedGroupKFold`` (k equal to the number of groups = leave-one-donor-out).
+Inside each outer training part, a grouped inner k-fold: fold 0 is the validation part used for
+early stopping and calibration of the final model; all inner folds serve tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from .errors import ConfigError, DataError
+
+
+class LeakageError(DataError):
+    """A donor/group appears on both sides of a split."""
+
+
+def check_no_leakage(groups: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                     where: str = "split") -> None:
+    """Raise LeakageError if any group is in both index sets (or an index is in both)."""
+    shared = set(np.asarray(groups)[train_idx]) & set(np.asarray(groups)[test_idx])
+    if shared or np.intersect1d(train_idx, test_idx).size:
+        raise LeakageError(f"{where}: groups {sorted(map(str, shared))[:10]} are on both sides; "
+                           "a donor must never be in training and test data of one split")
+
+
+def _folds(labels, groups, k: int, seed: int, grouped: bool) -> np.ndarray:
+    """Fold index (0..k-1) of every sample."""
+    n_groups = len(np.unique(groups))
+    if grouped and k > n_groups:
+        raise ConfigError(f"{k} folds need at least {k} donor groups, but there are {n_groups}; "
+                          f"use --folds {n_groups} or fewer")
+    if k < 2:
+        raise ConfigError(f"folds must be ≥ 2 (got {k})")
+    splitter = (StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed) if grouped
+                else StratifiedKFold(n_splits=k, shuffle=True, random_state=seed))
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    split_groups = groups if grouped else None
+    for f, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, split_groups)):
+        fold[test] = f
+    return fold
+
+
+@dataclass
+class SplitPlan:
+    """Every fold of a study. ``outer_fold[i]`` is the outer fold where image i is tested;
+    ``inner_fold[i, f]`` is the inner fold where it validates inside outer fold f (-1 = tested)."""
+
+    groups: np.ndarray
+    labels: np.ndarray
+    outer_fold: np.ndarray
+    inner_fold: np.ndarray
+    seed: int
+    grouped: bool = True
+
+    @property
+    def n_outer(self) -> int:
+        return int(self.outer_fold.max()) + 1
+
+    @property
+    def n_inner(self) -> int:
+        return int(self.inner_fold.max()) + 1
+
+    def outer(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        train = np.flatnonzero(self.outer_fold != f)
+        test = np.flatnonzero(self.outer_fold == f)
+        if self.grouped:
+            check_no_leakage(self.groups, train, test, f"outer fold {f}")
+        return train, test
+
+    def inner(self, f: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training and validation indices of inner fold j inside outer fold f."""
+        col = self.inner_fold[:, f]
+        train = np.flatnonzero((col >= 0) & (col != j))
+        val = np.flatnonzero(col == j)
+        if self.grouped:
+            check_no_leakage(self.groups, train, val, f"outer fold {f}, inner fold {j}")
+        return train, val
+
+    def to_frame(self, paths: list[str]) -> pd.DataFrame:
+        frame = pd.DataFrame({"path": paths, "group": self.groups, "label": self.labels,
+                              "outer_fold": self.outer_fold})
+        for f in range(self.inner_fold.shape[1]):
+            frame[f"inner_fold_o{f}"] = self.inner_fold[:, f]
+        return frame
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, seed: int, grouped: bool = True) -> SplitPlan:
+        inner_cols = sorted((c for c in frame.columns if c.startswith("inner_fold_o")),
+                            key=lambda c: int(c.removeprefix("inner_fold_o")))
+        return cls(groups=frame["group"].to_numpy(), labels=frame["label"].to_numpy(),
+                   outer_fold=frame["outer_fold"].to_numpy(),
+                   inner_fold=frame[inner_cols].to_numpy(), seed=seed, grouped=grouped)
+
+    def check(self) -> SplitPlan:
+        """Run the leakage check on every outer and inner split."""
+        for f in range(self.n_outer):
+            self.outer(f)
+            for j in range(self.n_inner):
+                self.inner(f, j)
+        return self
+
+
+def make_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 5, inner_k: int = 3,
+                seed: int = 0, grouped: bool = True) -> SplitPlan:
+    """Deterministic grouped (or, for the optimism comparison, plain stratified) nested folds."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    outer = _folds(labels, groups, outer_k, seed, grouped)
+    inner = np.full((len(labels), outer_k), -1, dtype=np.int64)
+    for f in range(outer_k):
+        train = np.flatnonzero(outer != f)
+        try:
+            inner[train, f] = _folds(labels[train], groups[train], inner_k, seed + 1 + f, grouped)
+        except ConfigError as exc:
+            raise ConfigError(f"inner split of outer fold {f}: {exc}") from exc
+    return SplitPlan(groups=groups, labels=labels, outer_fold=outer, inner_fold=inner,
+                     seed=seed, grouped=grouped).check()
