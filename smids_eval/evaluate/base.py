@@ -1,0 +1,45 @@
+"""The one interface every scorer follows, and helpers shared by the scorers."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import softmax
+
+from .. import CLASSES
+from ..config import EvalConfig
+from ..outputs import ModelOutputs
+
+
+def class_slug(name: str) -> str:
+    """``Non-Sperm`` -> ``non_sperm`` (used in result keys and column names)."""
+    return name.lower().replace("-", "_")
+
+
+SLUGS = tuple(class_slug(c) for c in CLASSES)
+N_CLASSES = len(CLASSES)
+
+
+def scaled(outputs: ModelOutputs, temperature: float) -> ModelOutputs:
+    """Copy of ``outputs`` with logits divided by ``temperature`` (MC samples untouched)."""
+    return ModelOutputs(logits=outputs.logits / temperature, features=outputs.features,
+                        labels=outputs.labels, mc_probs=outputs.mc_probs, groups=outputs.groups)
+
+
+def probs_from_logits(logits: np.ndarray) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+
+
+class Scorer:
+    """scikit-learn-style scorer: parameters in ``__init__``, ``fit`` learns from the training
+    and inner-validation outputs and returns self, ``score`` returns ``{namespaced_key: float}``
+    on held-out outputs. Learned attributes end in ``_``."""
+
+    @classmethod
+    def from_config(cls, config: EvalConfig) -> Scorer:
+        return cls()
+
+    def fit(self, train: ModelOutputs | None, val: ModelOutputs) -> Scorer:
+        return self
+
+    def score(self, test: ModelOutputs) -> dict[str, float]:
+        raise NotImplementedError

@@ -1,0 +1,78 @@
+"""Classification metrics on probabilities (scikit-learn). A fold missing a class gives NaN for
+that class's recall / AUROC instead of crashing."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+
+from ..outputs import ModelOutputs
+from .base import N_CLASSES, SLUGS, Scorer
+
+_LABELS = list(range(N_CLASSES))
+
+
+def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class, in ``CLASSES`` order."""
+    return skm.confusion_matrix(labels, pred, labels=_LABELS)
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class."""
+    return float(skm.log_loss(labels, probs, labels=_LABELS))
+
+
+def brier(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multiclass Brier score: mean over images of sum_k (p_k - onehot_k)^2 (range 0..2)."""
+    return float(skm.brier_score_loss(labels, probs, labels=_LABELS, scale_by_half=False))
+
+
+def auroc_ovr(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """One-vs-rest AUROC per class (NaN when the class is absent or alone) and their macro mean
+    over the classes where it is defined."""
+    out = {}
+    for k, slug in enumerate(SLUGS):
+        positive = labels == k
+        out[slug] = (float(skm.roc_auc_score(positive, probs[:, k]))
+                     if 0 < positive.sum() < len(labels) else float("nan"))
+    values = [v for v in out.values() if not np.isnan(v)]
+    out["macro"] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """All ``cls_*`` keys for one set of predicted probabilities (N, C) and true labels (N,)."""
+    labels = np.asarray(labels)
+    pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        res = {
+            "cls_accuracy": float(skm.accuracy_score(labels, pred)),
+            "cls_balanced_accuracy": float(skm.balanced_accuracy_score(labels, pred)),
+            "cls_macro_f1": float(skm.f1_score(labels, pred, labels=_LABELS, average="macro",
+                                               zero_division=np.nan)),
+        }
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(
+            labels, pred, labels=_LABELS, zero_division=np.nan)
+    for k, slug in enumerate(SLUGS):
+        res[f"cls_precision_{slug}"] = float(precision[k])
+        res[f"cls_recall_{slug}"] = float(recall[k])
+        res[f"cls_f1_{slug}"] = float(f1[k])
+    auroc = auroc_ovr(probs, labels)
+    res["cls_auroc_ovr"] = auroc.pop("macro")
+    res.update({f"cls_auroc_{slug}": v for slug, v in auroc.items()})
+    res["cls_nll"] = nll(probs, labels)
+    res["cls_brier"] = brier(probs, labels)
+    cm = confusion(labels, pred)
+    res.update({f"cls_cm_{t}_{p}": float(cm[i, j])
+                for i, t in enumerate(SLUGS) for j, p in enumerate(SLUGS)})
+    return res
+
+
+class ClassificationScorer(Scorer):
+    """``cls_*`` keys of the deterministic pass (no fitting)."""
+
+    def score(self, test: ModelOutputs) -> dict[str, float]:
+        return classification_metrics(test.probs, test.labels)

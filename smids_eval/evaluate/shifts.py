@@ -1,0 +1,120 @@
+"""Shifted copies of images for robustness checks: uint8 (N, S, S, 3) RGB in, same out.
+
+Registry ``SHIFTS``: name -> function(images, severity, rng). Severities 1..3, stronger with
+higher severity; deterministic for a given seed."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.color import hsv2rgb, rgb2hsv
+
+SEVERITIES = (1, 2, 3)
+
+
+def _check(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (N, S, S, 3) images, got {images.dtype} {images.shape}")
+    return images
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def stain(images, severity, rng):
+    """Stain change: hue rotation and saturation scaling in HSV."""
+    hsv = rgb2hsv(images)
+    hsv[..., 0] = (hsv[..., 0] + (0.06, 0.15, 0.30)[severity - 1]) % 1.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * (1.3, 1.6, 2.0)[severity - 1], 0, 1)
+    return _to_uint8(hsv2rgb(hsv) * 255)
+
+
+def brightness_contrast(images, severity, rng):
+    """Lower contrast around each image's mean, then a brightness offset."""
+    x = images.astype(np.float64)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    contrast, offset = (0.75, 0.5, 0.3)[severity - 1], (15, 35, 60)[severity - 1]
+    return _to_uint8((x - mean) * contrast + mean + offset)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    k = (r[:, None] ** 2 + r[None, :] ** 2 <= radius ** 2 + 0.5).astype(np.float64)
+    return k / k.sum()
+
+
+def defocus_blur(images, severity, rng):
+    """Pillbox (defocus) blur; radius grows with severity and image size."""
+    size = images.shape[1]
+    radius = max(severity, round((0.02, 0.045, 0.08)[severity - 1] * size))
+    kernel = _disk(radius)[None, :, :, None]
+    return _to_uint8(ndimage.convolve(images.astype(np.float64), kernel, mode="reflect"))
+
+
+def gaussian_noise(images, severity, rng):
+    """Additive Gaussian pixel noise, sigma 8 / 18 / 36 grey levels."""
+    sigma = (8.0, 18.0, 36.0)[severity - 1]
+    return _to_uint8(images + rng.normal(0.0, sigma, images.shape))
+
+
+def _per_image(images, fn):
+    return np.stack([np.asarray(fn(Image.fromarray(im))) for im in images])
+
+
+def jpeg(images, severity, rng):
+    """JPEG re-encoding at quality 30 / 12 / 4 (PIL)."""
+    quality = (30, 12, 4)[severity - 1]
+
+    def encode(im):
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    return _per_image(images, encode)
+
+
+def rescale(images, severity, rng):
+    """Down-sampling by 2 / 3 / 4 and bilinear up-sampling back (lost resolution)."""
+    size = images.shape[1]
+    small = max(2, size // (2, 3, 4)[severity - 1])
+    return _per_image(images, lambda im: im.resize((small, small), Image.BILINEAR)
+                      .resize((size, size), Image.BILINEAR))
+
+
+#: name -> function(images, severity, rng); a new shift is one function plus one line here
+SHIFTS = {"stain": stain, "brightness_contrast": brightness_contrast,
+          "defocus_blur": defocus_blur, "gaussian_noise": gaussian_noise, "jpeg": jpeg,
+          "rescale": rescale}
+
+
+def apply_shift(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
+    """Shifted copy of ``images`` (uint8 (N, S, S, 3)); same seed -> same output."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {SEVERITIES}, got {severity}")
+    return SHIFTS[name](_check(images), severity, np.random.default_rng(seed))
+
+
+def shift_key(name: str, severity: int) -> str:
+    return f"{name}_s{severity}"
+
+
+def shifted_copies(images: np.ndarray, severities=SEVERITIES, seed: int = 0,
+                   names=None) -> dict[str, np.ndarray]:
+    """``{"<shift>_s<k>": shifted images}`` for every shift and severity."""
+    return {shift_key(n, s): apply_shift(images, n, s, seed)
+            for n in (names or SHIFTS) for s in severities}
+
+
+def shift_accuracy_keys(clean_accuracy: float, accuracies: dict[str, float]) -> dict[str, float]:
+    """``{"<shift>_s<k>": acc}`` -> ``shift_<shift>_s<k>_accuracy`` and ``..._accuracy_drop``
+    (clean minus shifted accuracy; positive = worse under the shift)."""
+    res = {}
+    for key, acc in accuracies.items():
+        res[f"shift_{key}_accuracy"] = float(acc)
+        res[f"shift_{key}_accuracy_drop"] = float(clean_accuracy - acc)
+    return res
