@@ -1,0 +1,105 @@
+"""Compute device and numeric precision: ``--device auto|cpu|cuda|mps``, ``precision auto|bf16|fp32``.
+
+``auto`` precision means bf16 autocast where the hardware runs bf16 natively (CUDA with bf16
+support; x86 CPUs with AVX512-BF16 or AMX), fp32 elsewhere. ``fp32`` is exact and is what the
+determinism tests use. Channels-last memory layout is used on CPU and CUDA (oneDNN / cuDNN pick
+their fastest convolution kernels for NHWC bf16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → cuda, then mps, then cpu. An unavailable explicit device is a ConfigError."""
+    if name not in DEVICES:
+        raise ConfigError(f"--device {name!r} is not one of {DEVICES}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but torch.cuda.is_available() is False; "
+                          "use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps requested but MPS is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def bf16_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_fast_bf16() and torch.backends.mkldnn.is_available()
+    return False
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed; ``autocast()`` wraps every forward pass."""
+
+    device: torch.device
+    precision: str          # "bf16" | "fp32" (resolved)
+    channels_last: bool
+    compile: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Copy a batch to the device (pinned + non-blocking on CUDA), 4-D in the chosen layout."""
+        if x.device != self.device:
+            if self.pin_memory and not x.is_pinned():
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=self.pin_memory)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        return x
+
+    def describe(self) -> str:
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{self.device.type}/{self.precision}/{layout}" + ("/compiled" if self.compile else "")
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True,
+                    compile: bool = False) -> Runtime:
+    """Resolve CLI/profile settings into a Runtime (and set cudnn.benchmark on CUDA)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {PRECISIONS}")
+    dev = resolve_device(device)
+    if precision == "auto":
+        precision = "bf16" if bf16_native(dev) else "fp32"
+    elif precision == "bf16" and dev.type == "mps":
+        raise ConfigError("precision bf16 is not supported on mps here; use auto or fp32")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    layout = channels_last and dev.type in ("cpu", "cuda")
+    return Runtime(device=dev, precision=precision, channels_last=layout,
+                   compile=bool(compile and dev.type == "cuda"))

@@ -1,0 +1,145 @@
+"""One variant under one profile: model, weights, device/precision, feature cache, fit, predict.
+
+Typical use by the study::
+
+    engine = Engine(variant, profile, device="auto", weights="auto", cache_dir=cache)
+    feats = engine.prefix_features(images_uint8)            # (N, V, ...) cached
+    result = engine.fit(feats[tr], y[tr], feats[va], y[va], hyper, seed=0)
+    out = engine.predict(result.state_dict, feats[te, 0], mc_samples=30)
+    model = engine.full_model(result.state_dict)             # nn.Module on float [0,1] images
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import DEFAULT_AUGMENT, AugmentConfig, images_to_tensor
+from .config import Profile
+from .device import resolve_runtime
+from .features import FeatureCache, extract_prefix, fingerprint_images
+from .models import VGG19Variant, build_vgg19, init_head_, with_state
+from .outputs import ModelOutputs
+from .train import CachedSource, FitResult, Hyper, ImageSource, fit, predict_outputs
+from .variants import Variant
+from .weights import resolve_weights
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+class Engine:
+    """Builds the split VGG19 for ``variant`` and trains/predicts it under ``profile``.
+
+    ``weights``: ``auto | imagenet | random`` or a weights-file path (default: profile's).
+    ``weights_id`` records what was actually loaded. ``cached`` tells whether ``prefix_features``
+    returns bf16 activations (feature cache) or the raw uint8 images (whole-network training
+    with on-the-fly augmentation: ``feature_cache = false`` or ``unfreeze_blocks = 5``).
+    """
+
+    def __init__(self, variant: Variant, profile: Profile, device: str | None = None,
+                 weights: str | os.PathLike | None = None, cache_dir: str | Path | None = None,
+                 init_seed: int = 0, augment_seed: int = 0, progress: bool | None = None,
+                 augment_cfg: AugmentConfig = DEFAULT_AUGMENT):
+        self.variant, self.profile = variant, profile
+        t = profile.train
+        self.runtime = resolve_runtime(device or profile.device, t.precision, t.channels_last,
+                                       t.compile)
+        loaded = resolve_weights(weights if weights is not None else profile.model.weights,
+                                 profile.model.width)
+        self.weights_id = loaded.weights_id
+        self.init_seed, self.augment_seed = init_seed, augment_seed
+        self.progress, self.augment_cfg = progress, augment_cfg
+        m = profile.model
+        self.model: VGG19Variant = build_vgg19(
+            in_channels=variant.in_channels, unfreeze_blocks=variant.unfreeze_blocks,
+            dropout_p=m.dropout_p if variant.dropout else None, head_hidden=m.head_hidden,
+            width=m.width, size=profile.data.image_size, features_state=loaded.state,
+            init_seed=init_seed)
+        self.model.to(self.runtime.device, memory_format=self.runtime.memory_format)
+        self._initial_suffix = copy.deepcopy(self.model.suffix.state_dict())
+        self.cached = bool(t.feature_cache and variant.unfreeze_blocks < 5)
+        self.cache = FeatureCache(cache_dir)
+
+    def n_views(self, augment: bool) -> int:
+        return 1 + self.profile.train.views if augment else 1
+
+    def cache_key(self, fingerprint: str, augment: bool) -> dict:
+        return {
+            "version": CACHE_VERSION, "fingerprint": fingerprint,
+            "size": self.profile.data.image_size, "channels": self.variant.channels,
+            "weights": self.weights_id,
+            "init_seed": self.init_seed if self.weights_id == "random" else None,
+            "width": self.profile.model.width, "prefix_depth": self.model.prefix_depth,
+            "views": self.n_views(augment), "seed": self.augment_seed if augment else None,
+            "augment": asdict(self.augment_cfg) if augment else None,
+            "precision": self.runtime.precision,
+        }
+
+    def prefix_features(self, images: np.ndarray, fingerprint: str | None = None,
+                        augment: bool | None = None) -> torch.Tensor:
+        """(N, V, C, h, w) bf16 prefix activations (view 0 = identity), loaded from the cache
+        when present; or (N, 1, 3, S, S) uint8 images when the engine is not ``cached``."""
+        images_t = images_to_tensor(images)
+        size = self.profile.data.image_size
+        if images_t.shape[-1] != size or images_t.shape[-2] != size:
+            raise ValueError(f"images are {tuple(images_t.shape[-2:])} px but the profile's "
+                             f"image_size is {size}; resize them in the data layer")
+        if not self.cached:
+            return images_t.unsqueeze(1)
+        augment = self.variant.augmentation if augment is None else augment
+        key = self.cache_key(fingerprint or fingerprint_images(images), augment)
+        return self.cache.get(key, lambda: extract_prefix(
+            self.model.prefix, images_t, self.variant.channels, self.n_views(augment),
+            self.augment_seed, self.runtime, batch_size=self.profile.train.batch_size,
+            augment_cfg=self.augment_cfg, progress=self.progress))
+
+    def _source(self, x, train: bool):
+        if isinstance(x, np.ndarray):
+            x = images_to_tensor(x)
+        if x.dtype == torch.uint8:
+            return ImageSource(x, self.model.prefix, self.variant.channels,
+                               train and self.variant.augmentation, self.runtime, self.augment_cfg)
+        return CachedSource(x, self.runtime)
+
+    def fresh_suffix(self, seed: int):
+        """The initial suffix (pretrained/initial conv blocks) with a head drawn from ``seed``."""
+        suffix = copy.deepcopy(self.model.suffix)
+        suffix.load_state_dict(self._initial_suffix)
+        init_head_(suffix.head, torch.Generator().manual_seed(seed))
+        return suffix.to(self.runtime.device, memory_format=self.runtime.memory_format)
+
+    def fit(self, x_train, y_train, x_val, y_val, hyper: Hyper | None = None, seed: int = 0,
+            on_epoch=None, history_csv: str | Path | None = None, epochs: int | None = None,
+            desc: str | None = None) -> FitResult:
+        """Train a fresh suffix; ``x_*`` are slices of ``prefix_features`` output."""
+        t = self.profile.train
+        hyper = hyper or Hyper(self.variant.optimizer, self.variant.learning_rate, t.weight_decay)
+        return fit(self.fresh_suffix(seed), self._source(x_train, True), y_train,
+                   self._source(x_val, False), y_val, hyper, runtime=self.runtime,
+                   epochs=epochs or t.epochs, batch_size=t.batch_size, patience=t.patience,
+                   momentum=t.momentum, class_weighting=t.class_weighting, seed=seed,
+                   on_epoch=on_epoch, history_csv=history_csv, progress=self.progress,
+                   desc=desc or self.variant.name)
+
+    def predict(self, state_dict: dict, x, labels=None, groups=None, mc_samples: int | None = None,
+                mc_seed: int = 0) -> ModelOutputs:
+        """Outputs on ``x`` (view-0 activations (N, C, h, w), or uint8 images NHWC / (N,3,S,S));
+        ``mc_samples`` defaults to the profile's ``evaluate.mc_samples``."""
+        suffix = self.fresh_suffix(0)
+        suffix.load_state_dict(state_dict)
+        mc = self.profile.evaluate.mc_samples if mc_samples is None else mc_samples
+        return predict_outputs(suffix, self._source(x, False), runtime=self.runtime,
+                               labels=labels, groups=groups, mc_samples=mc, mc_seed=mc_seed,
+                               batch_size=self.profile.train.batch_size * 2)
+
+    def full_model(self, state_dict: dict) -> VGG19Variant:
+        """Whole network (eval mode, on the engine's device) taking float images in [0, 1],
+        (N, 1, S, S) for grey variants, (N, 3, S, S) for RGB; for new images and Grad-CAM."""
+        return with_state(self.model, state_dict).eval()
