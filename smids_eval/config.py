@@ -50,6 +50,7 @@ class CVConfig:
 class TuneConfig:
     trials: int = 6
     trials_unfrozen: int = 2        # trials for variants that train conv blocks (costly)
+    unfrozen_inner_folds: int = 0   # inner folds a trial of such variants uses (0 = all)
     pruner: str = "median"          # median | wilcoxon | none
     search_space: str = "search_space.toml"
 
@@ -61,9 +62,27 @@ class EvalConfig:
     ood_severities: tuple[int, ...] = (1, 2, 3)
     far_ood_images: int = 64
     rf: bool = True
+    rf_trees: int = 150             # random-forest head: grid searched by grouped inner CV
+    rf_max_depth: tuple[int, ...] = (0, 12)          # 0 = unlimited
+    rf_min_samples_leaf: tuple[int, ...] = (1, 4)
+    rf_max_features: tuple[str, ...] = ("sqrt", "log2")
     gradcam_images: int = 2         # per class, in the report
     risk_target: float = 0.05
     conformal_alphas: tuple[float, ...] = (0.1, 0.05)
+
+
+    def rf_grid(self) -> dict:
+        """The random-forest head's scikit-learn parameter grid."""
+        return {"n_estimators": [self.rf_trees],
+                "max_depth": [d or None for d in self.rf_max_depth],
+                "min_samples_leaf": list(self.rf_min_samples_leaf),
+                "max_features": list(self.rf_max_features)}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    optimism_variant: str = "F.0"   # also run under a plain stratified split (grouping optimism)
+    throughput: bool = True         # run the pytest-benchmark suite after the study
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,7 @@ class Profile:
     cv: CVConfig = field(default_factory=CVConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def replace(self, **sections) -> Profile:
         """Copy with some fields of some sections replaced, e.g. ``replace(train={'epochs': 2})``."""
@@ -91,9 +111,8 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {f.name: f.type for f in fields(Profile) if f.name not in ("name", "description", "device")}
 _SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "cv": CVConfig,
-                  "tune": TuneConfig, "evaluate": EvalConfig}
+                  "tune": TuneConfig, "evaluate": EvalConfig, "benchmark": BenchmarkConfig}
 
 
 def _build_section(cls, table: dict, where: str):
@@ -178,3 +197,12 @@ def load_search_space(name_or_path: str = "search_space.toml") -> SearchSpace:
     if bad or not (0 < space.lr_low < space.lr_high) or not (0 < space.wd_low < space.wd_high):
         raise ConfigError(f"{path}: optimizers must be among {OPTIMIZERS} and 0 < low < high")
     return space
+
+
+def profile_from_dict(data: dict) -> Profile:
+    """Rebuild a Profile from ``Profile.as_dict()`` (as saved with each fold's model)."""
+    data = dict(data)
+    sections = {key: _build_section(cls, dict(data.pop(key, {})), f"saved profile [{key}]")
+                for key, cls in _SECTION_TYPES.items()}
+    return Profile(name=data.get("name", "saved"), description=data.get("description", ""),
+                   device=data.get("device", "auto"), **sections)

@@ -27,7 +27,8 @@ class ModelOutputs:
 
     @property
     def probs(self) -> np.ndarray:
-        z = self.logits - self.logits.max(axis=1, keepdims=True)
+        z = self.logits.astype(np.float64)
+        z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 

@@ -196,6 +196,8 @@ def fit(suffix: Suffix, train, y_train: np.ndarray, val, y_val: np.ndarray, hype
             total, count = 0.0, 0
             for step, idx in enumerate(_batches(len(train), batch_size,
                                                 torch.randperm(len(train), generator=generator))):
+                if len(idx) < 2 and count:  # BatchNorm needs two samples; drop a lone last one
+                    continue
                 x = train.train_batch(idx)
                 with runtime.autocast():
                     logits = step_model(x)

@@ -1,0 +1,1 @@
+"""Leaderboard, paired comparisons, figures and the markdown report of a run folder."""

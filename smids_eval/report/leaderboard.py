@@ -1,0 +1,84 @@
+"""Per-fold rows → one leaderboard row per (variant, setting): mean, std, 95% interval over folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+#: identifies one leaderboard row
+KEYS = ["variant", "setting"]
+#: provenance columns copied into every leaderboard row (identical across a run's folds)
+PROVENANCE = ["run", "run_commit", "run_profile", "run_device", "run_precision", "run_weights",
+              "run_grouping", "run_split", "run_data_source", "run_data_fingerprint", "run_seed"]
+#: the headline metrics, the study's key figure (recall on abnormal cells) first
+HEADLINE = ["cls_recall_abnormal_sperm", "cls_macro_f1", "cls_accuracy", "cls_balanced_accuracy",
+            "cls_recall_normal_sperm", "cls_recall_non_sperm"]
+#: prefixes of evaluation-layer columns that get mean/std/CI too
+METRIC_PREFIXES = ("cls_", "cal_", "mc_", "sel_", "cp_", "ood_", "shift_")
+
+
+def _on_leaderboard(col: str) -> bool:
+    """folds.csv keeps everything; the leaderboard keeps AUROC for OOD and accuracy for shifts."""
+    if col.startswith("cls_cm_") or col.startswith("sel_val_thr_"):
+        return False
+    if col.startswith("ood_"):
+        return col.endswith("_auroc")
+    if col.startswith("shift_"):
+        return col.endswith("_accuracy")
+    return True
+
+
+def metric_columns(folds: pd.DataFrame) -> list[str]:
+    cols = [c for c in folds.columns if c.startswith(METRIC_PREFIXES) and _on_leaderboard(c)
+            and pd.api.types.is_numeric_dtype(folds[c])]
+    head = [c for c in HEADLINE if c in cols]
+    return head + sorted(c for c in cols if c not in head)
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean over folds (NaN with fewer than two folds)."""
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def summarise(folds: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, setting): ``<metric>_mean``, ``_std``, ``_ci95_low``, ``_ci95_high``."""
+    metrics = metric_columns(folds)
+    rows = []
+    for (variant, setting), part in folds.groupby(KEYS, sort=False):
+        row = {"variant": variant, "setting": setting, "n_folds": int(part["fold"].nunique())}
+        for col in metrics:
+            v = part[col].to_numpy(dtype=float)
+            if np.isnan(v).all():
+                continue
+            lo, hi = t_interval(v)
+            row.update({f"{col}_mean": np.nanmean(v), f"{col}_std": np.nanstd(v, ddof=1)
+                        if (~np.isnan(v)).sum() > 1 else float("nan"),
+                        f"{col}_ci95_low": lo, f"{col}_ci95_high": hi})
+        for col in PROVENANCE:
+            if col in part:
+                row[col] = "|".join(sorted(map(str, part[col].dropna().unique())))
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    if "cls_macro_f1_mean" in board:
+        board = board.sort_values("cls_macro_f1_mean", ascending=False, kind="stable")
+    first = KEYS + ["n_folds"]
+    prov = [c for c in PROVENANCE if c in board]
+    rest = [c for c in board.columns if c not in first and c not in prov]
+    return board[first + rest + prov].reset_index(drop=True)
+
+
+def merge_runs(boards: list[pd.DataFrame]) -> pd.DataFrame:
+    """The cross-run leaderboard: grouped by data set and profile, best macro-F1 first."""
+    if not boards:
+        return pd.DataFrame()
+    merged = pd.concat(boards, ignore_index=True)
+    order = [c for c in ("run_data_fingerprint", "run_profile", "run") if c in merged]
+    if "cls_macro_f1_mean" in merged:
+        merged = merged.sort_values(order + ["cls_macro_f1_mean"],
+                                    ascending=[True] * len(order) + [False], kind="stable")
+    return merged.reset_index(drop=True)

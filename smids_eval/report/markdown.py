@@ -1,0 +1,528 @@
+"""``RUN/report.md``: every table and figure of one run folder, in reading order.
+
+Each section is a function ``(Report) -> list[str]`` in ``SECTIONS``; a section whose inputs the
+run lacks (MC-dropout, OOD, shifts, RF rows, predictions, models, images, a random-split run, a
+throughput file) says "not available in this run" and why, instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import CLASSES
+from ..io import write_text
+from ..run_folder import RunFolder
+from ..toml import load_toml
+from . import figures as fg
+from .leaderboard import HEADLINE
+
+log = logging.getLogger(__name__)
+NA = "_Not available in this run_"
+NA_PHRASE = "not available in this run"
+RANDOM_SPLIT_SUFFIX = "-random-split"
+LEADERBOARD_METRICS = HEADLINE[:4]
+GALLERY_SIZE = 12
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(x, digits: int = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "–" if np.isnan(x) else f"{x:.{digits}f}"
+
+
+def md_table(frame: pd.DataFrame) -> list[str]:
+    """A GitHub markdown table (floats with 3 decimals)."""
+    cells = [[fmt(v) if isinstance(v, float) else str(v) for v in row]
+             for row in frame.itertuples(index=False)]
+    head = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(r) + " |" for r in cells] + [""]
+
+
+def na(reason: str) -> list[str]:
+    return [f"{NA}: {reason}.", ""]
+
+
+def mean_std_ci(row: pd.Series, metric: str) -> str:
+    m, s = row.get(f"{metric}_mean", np.nan), row.get(f"{metric}_std", np.nan)
+    lo, hi = row.get(f"{metric}_ci95_low", np.nan), row.get(f"{metric}_ci95_high", np.nan)
+    text = f"{fmt(m)} ± {fmt(s)}"
+    return text + (f" [{fmt(lo)}, {fmt(hi)}]" if not np.isnan(float(lo)) else "")
+
+
+def nice(metric: str) -> str:
+    return metric.removeprefix("cls_").replace("_", " ")
+
+
+# --------------------------------------------------------------------------- the run, once read
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+@dataclass
+class Report:
+    """Everything the sections read, loaded once from the run folder."""
+
+    run: RunFolder
+    dataset: object = None
+    random_split_run: Path | None = None
+    throughput_json: Path | None = None
+    config: dict = field(default_factory=dict)
+    folds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    board: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    preds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @classmethod
+    def load(cls, run_dir, dataset=None, random_split_run=None, throughput_json=None) -> Report:
+        run = RunFolder(Path(run_dir))
+        if not run.folds_csv.is_file():
+            raise FileNotFoundError(f"{run.root} has no folds.csv: is it a finished study run?")
+        if random_split_run is None:
+            sibling = run.root.with_name(run.root.name + RANDOM_SPLIT_SUFFIX)
+            random_split_run = sibling if (sibling / "folds.csv").is_file() else None
+        return cls(run=run, dataset=dataset,
+                   random_split_run=Path(random_split_run) if random_split_run else None,
+                   throughput_json=Path(throughput_json) if throughput_json else None,
+                   config=load_toml(run.config) if run.config.is_file() else {},
+                   folds=_read_csv(run.folds_csv), board=_read_csv(run.leaderboard),
+                   comps=_read_csv(run.comparisons), preds=fg.load_predictions(run.root),
+                   history=fg.load_histories(run.root))
+
+    def figure(self, name: str) -> Path:
+        return self.run.figures / f"{name}.png"
+
+    @property
+    def neural(self) -> pd.DataFrame:
+        return self.folds[~self.folds["variant"].map(fg.is_rf)]
+
+    @property
+    def setting(self) -> str:
+        """The setting per-variant figures show: ``tuned`` when the run has it."""
+        settings = set(self.neural["setting"])
+        return "tuned" if "tuned" in settings or not settings else sorted(settings)[0]
+
+    def arms(self, with_rf: bool = False) -> list[tuple[str, str]]:
+        rows = self.folds if with_rf else self.neural
+        rows = rows[(rows["setting"] == self.setting) | rows["variant"].map(fg.is_rf)]
+        return sorted(set(zip(rows["variant"], rows["setting"], strict=True)))
+
+    def best_arm(self) -> tuple[str, str] | None:
+        """The neural arm with the highest mean macro-F1."""
+        if self.neural.empty or "cls_macro_f1" not in self.neural:
+            return None
+        means = self.neural.groupby(["variant", "setting"])["cls_macro_f1"].mean().dropna()
+        if means.empty:
+            return None
+        top = [a for a in means.index if means[a] == means.max()]
+        return next((a for a in top if a[1] == self.setting), top[0])
+
+    def arm_preds(self, variant: str, setting: str) -> pd.DataFrame:
+        if self.preds.empty:
+            return self.preds
+        return self.preds[(self.preds["variant"] == variant) & (self.preds["setting"] == setting)]
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", self.folds.get("run_seed", pd.Series([0])).iloc[0]))
+
+    def image_index(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.dataset.paths)} if self.dataset is not None else {}
+
+
+def run_dataset(run_dir, data_dir=None, cache_dir=None):
+    """The run's images: ``data_dir`` if given, else the folder named in ``config.toml`` when it
+    still exists (synthetic or ``--data-dir`` sources); ``None`` when neither is available."""
+    from ..data import load_folder
+
+    config = load_toml(Path(run_dir) / "config.toml")
+    size = int(config["profile"]["data"]["image_size"])
+    if data_dir is None:
+        source = str(config.get("data", {}).get("source", ""))
+        m = (re.fullmatch(r"synthetic SMIDS-like set at (.+) \(no --data-dir.*\)", source)
+             or re.fullmatch(r"(.+) \(from (?:--data-dir|SMIDS_DATA_DIR)\)", source))
+        if not m or not Path(m[1]).is_dir():
+            return None
+        data_dir = m[1]
+    dataset = load_folder(data_dir, size, cache_dir)
+    expected = config.get("data", {}).get("fingerprint")
+    if expected and dataset.fingerprint != expected:
+        log.warning("%s has fingerprint %s but the run used %s: images are matched by path",
+                    data_dir, dataset.fingerprint, expected)
+    return dataset
+
+
+def _markdown_figure(report: Report, path: Path, caption: str) -> str:
+    caption = caption.replace("[", "(").replace("]", ")")
+    return f"![{caption}]({path.relative_to(report.run.root).as_posix()})"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def provenance(r: Report) -> list[str]:
+    first = r.folds.iloc[0] if not r.folds.empty else pd.Series(dtype=object)
+    cols = r.neural.iloc[0] if not r.neural.empty else first
+    weights = str(cols.get("run_weights", "unknown"))
+    if weights == "random":
+        weights_text = "random initialisation, NOT ImageNet-pretrained"
+    elif weights.startswith("imagenet"):
+        weights_text = f"ImageNet-pretrained ({weights})"
+    else:
+        weights_text = weights
+    data = r.config.get("data", {})
+    items = [("run", r.run.root.name), ("commit", first.get("run_commit", "unknown")),
+             ("profile", first.get("run_profile", r.config.get("profile", {}).get("name"))),
+             ("device", cols.get("run_device", "unknown")),
+             ("precision", cols.get("run_precision", "unknown")), ("weights", weights_text),
+             ("split", first.get("run_split", r.config.get("split"))),
+             ("grouping source", first.get("run_grouping", r.config.get("grouping"))),
+             ("data", data.get("source", first.get("run_data_source", "unknown"))),
+             ("data fingerprint", first.get("run_data_fingerprint", data.get("fingerprint"))),
+             ("images", data.get("images", "unknown")), ("seed", r.seed),
+             ("outer folds", r.folds["fold"].nunique() if "fold" in r.folds else "unknown")]
+    return [f"- **{k}**: {v}" for k, v in items] + [""]
+
+
+def data_exploration(r: Report) -> list[str]:
+    splits = _read_csv(r.run.splits)
+    out = []
+    if not splits.empty:
+        names = pd.Series(np.asarray(CLASSES)[splits["label"].to_numpy(int)])
+        out += [f"{len(splits)} crops from {splits['group'].nunique()} donor groups.", ""]
+        out += md_table(names.value_counts().reindex(CLASSES, fill_value=0)
+                        .rename_axis("class").reset_index(name="crops"))
+        out += [_markdown_figure(r, fg.label_distribution(names, r.figure("label_distribution")),
+                                 "label distribution"), ""]
+        per_fold = splits.pivot_table(index="outer_fold", columns="label", values="path",
+                                      aggfunc="count", fill_value=0)
+        per_fold.columns = [CLASSES[int(c)] for c in per_fold.columns]
+        out += ["Held-out crops per outer fold:", ""] + md_table(per_fold.reset_index())
+    else:
+        out += na("splits.csv is missing")
+    if r.dataset is None:
+        out += ["Original image sizes: " + NA_PHRASE + " (no data set given; pass --data-dir).", ""]
+    else:
+        sizes = np.asarray(r.dataset.original_sizes)
+        out += [f"Original sizes: width {sizes[:, 0].min()}–{sizes[:, 0].max()} px, height "
+                f"{sizes[:, 1].min()}–{sizes[:, 1].max()} px (median {np.median(sizes[:, 0]):g}"
+                f" × {np.median(sizes[:, 1]):g}).", "",
+                _markdown_figure(r, fg.image_sizes(sizes, r.dataset.labels, r.figure("image_sizes")),
+                                 "image sizes"), ""]
+    return out
+
+
+def leaderboard(r: Report) -> list[str]:
+    if r.board.empty:
+        return na("leaderboard.csv is missing")
+    rows = []
+    for _, row in r.board.iterrows():
+        cells = {"variant": row["variant"], "setting": row["setting"], "folds": row["n_folds"]}
+        cells.update({nice(m): mean_std_ci(row, m) for m in LEADERBOARD_METRICS})
+        rows.append(cells)
+    fig = fg.leaderboard_bars(r.board, r.figure("leaderboard"))
+    return (["Mean ± std over outer folds [95% t-interval]; recall on Abnormal_Sperm is the key "
+             "figure. `+RF` rows are a random-forest head on the same frozen features.", ""]
+            + md_table(pd.DataFrame(rows)) + [_markdown_figure(r, fig, "leaderboard"), ""])
+
+
+def per_class(r: Report) -> list[str]:
+    if r.board.empty:
+        return na("leaderboard.csv is missing")
+    cols = {c: f"cls_recall_{s}_mean" for c, s in zip(CLASSES, fg.SLUGS, strict=True)}
+    table = r.board[["variant", "setting"]].copy()
+    for c, col in cols.items():
+        table[c] = r.board.get(col, np.nan)
+    fig = fg.per_class_recall(r.board, r.figure("per_class_recall"))
+    return md_table(table) + [_markdown_figure(r, fig, "per-class recall"), ""]
+
+
+def confusion(r: Report) -> list[str]:
+    if not any(c.startswith("cls_cm_") for c in r.folds.columns):
+        return na("folds.csv has no confusion counts")
+    fig = fg.confusion_matrices(r.folds, r.figure("confusion_matrices"))
+    return ["Rows: true class, normalised to 1; counts summed over outer folds.", "",
+            _markdown_figure(r, fig, "confusion matrices"), ""]
+
+
+def training(r: Report) -> list[str]:
+    if r.history.empty:
+        return na("no history/ files")
+    fig = fg.training_curves(r.history, r.figure("training_curves"))
+    return [_markdown_figure(r, fig, "training curves"), ""]
+
+
+def calibration(r: Report) -> list[str]:
+    if "cal_ece" not in r.folds:
+        return na("no calibration columns")
+    table = (r.folds.groupby(["variant", "setting"])
+             [[c for c in ("cal_ece", "cal_ece_ts", "cal_temperature") if c in r.folds]]
+             .mean().reset_index())
+    out = ["ECE (15 bins) of the raw softmax and after temperature scaling fitted on the inner "
+           "validation split; mean over folds.", ""] + md_table(table)
+    arms = [a for a in r.arms() if not r.arm_preds(*a).empty]
+    if arms and "cal_temperature" in r.folds:
+        fig = fg.reliability(r.preds, r.folds, arms, r.figure("reliability"))
+        out += [_markdown_figure(r, fig, "reliability diagrams"), ""]
+    else:
+        out += ["Reliability diagrams: " + NA_PHRASE + " (no predictions/ files).", ""]
+    return out
+
+
+def mc_dropout(r: Report) -> list[str]:
+    if "mc_available" not in r.folds:
+        return na("folds.csv has no MC-dropout columns")
+    if not (r.neural["mc_available"] == 1).any():
+        return na("no variant of this run has dropout (MC-dropout needs it)")
+    has = r.neural[r.neural["mc_available"] == 1]
+    cols = [c for c in ("mc_accuracy_delta", "mc_nll_delta", "mc_ece_delta", "mc_mi_mean")
+            if c in has]
+    without = sorted(set(r.neural["variant"]) - set(has["variant"]))
+    table = has.groupby(["variant", "setting"])[cols].mean().reset_index()
+    return (["MC-dropout predictive mean vs the deterministic softmax (delta = MC − plain); mean "
+             "over folds.", ""] + md_table(table)
+            + [f"Variants without dropout (no MC-dropout): {', '.join(without) or 'none'}.", ""])
+
+
+def selective(r: Report) -> list[str]:
+    oracle = [c for c in r.folds.columns if re.fullmatch(r"sel_coverage_at_.+_risk_msp", c)]
+    if not oracle:
+        return na("no selective-prediction columns")
+    target = float(r.config.get("profile", {}).get("evaluate", {}).get("risk_target", 0.05))
+    rows = []
+    for (variant, setting), part in r.folds.groupby(["variant", "setting"]):
+        row = {"variant": variant, "setting": setting,
+               f"oracle coverage at {target:.0%} risk": part[oracle[0]].mean()}
+        if {"sel_val_thr_coverage_msp", "n_test"} <= set(part):
+            decided = int(np.nansum(np.rint(part["sel_val_thr_coverage_msp"] * part["n_test"])))
+            row.update({"coverage (val threshold)": part["sel_val_thr_coverage_msp"].mean(),
+                        "risk (val threshold)": part["sel_val_thr_risk_msp"].mean(),
+                        "decided alone": decided,
+                        "referred": int(part["n_test"].sum()) - decided})
+        rows.append(row)
+    out = [f"Accept a crop when its max probability reaches the threshold that kept the error "
+           f"among accepted crops ≤ {target:.0%} on the inner validation split; the rest are "
+           f"referred to the embryologist. Counts are summed over the held-out folds.", ""]
+    out += md_table(pd.DataFrame(rows))
+    arms = [a for a in r.arms(with_rf=True) if not r.arm_preds(*a).empty]
+    if arms:
+        fig = fg.risk_coverage(r.preds, arms, r.figure("risk_coverage"), target)
+        out += [_markdown_figure(r, fig, "risk-coverage"), ""]
+    return out
+
+
+def conformal(r: Report) -> list[str]:
+    cols = [c for c in r.folds.columns if re.fullmatch(r"cp_[a-z]+_coverage_a.+", c)]
+    if not cols:
+        return na("no conformal columns")
+    rows = []
+    for (variant, setting), part in r.folds.groupby(["variant", "setting"]):
+        row = {"variant": variant, "setting": setting}
+        for c in cols:
+            method, alpha = re.fullmatch(r"cp_([a-z]+)_coverage_a(.+)", c).groups()
+            size = part.get(c.replace("_coverage_", "_set_size_"), pd.Series(np.nan)).mean()
+            row[f"{method.upper()} α={alpha}"] = f"{fmt(part[c].mean())} / {fmt(size, 2)}"
+        rows.append(row)
+    return (["Empirical coverage / mean prediction-set size on the held-out folds (target "
+             "coverage 1 − α).", ""] + md_table(pd.DataFrame(rows)))
+
+
+def ood(r: Report) -> list[str]:
+    best = r.best_arm()
+    part = r.folds[(r.folds["variant"] == best[0]) & (r.folds["setting"] == best[1])] if best else None
+    table = fg.ood_table(part) if part is not None else pd.DataFrame()
+    if table.empty:
+        return na("no OOD detection columns")
+    fig = fg.ood_heatmap(table, f"OOD AUROC, {fg.arm(*best)}", r.figure("ood_auroc"))
+    means = table.mean(axis=0).sort_values(ascending=False)
+    return ([f"Detection AUROC (held-out fold = in-distribution) of the best arm by macro-F1, "
+             f"{fg.arm(*best)}, mean over folds. Best detector overall: **{means.index[0]}** "
+             f"(mean AUROC {fmt(means.iloc[0])}).", "", _markdown_figure(r, fig, "OOD AUROC"), ""]
+            + md_table(table.reset_index()))
+
+
+def shifts(r: Report) -> list[str]:
+    table = fg.shift_table(r.folds[r.folds["setting"] == r.setting]
+                           if "setting" in r.folds else r.folds)
+    rf = fg.shift_table(r.folds[r.folds["variant"].map(fg.is_rf)])
+    table = pd.concat([table, rf], ignore_index=True).drop_duplicates()
+    if table.empty:
+        return na("no shift columns")
+    fig = fg.shift_accuracy(table, r.figure("shift_accuracy"))
+    worst = table[table["severity"] == table["severity"].max()]
+    pivot = worst.pivot_table(index=["variant", "setting"], columns="shift", values="accuracy")
+    return ([_markdown_figure(r, fig, "shift accuracy"), "",
+             f"Accuracy at the strongest severity ({table['severity'].max()}):", ""]
+            + md_table(pivot.reset_index()))
+
+
+def rf_head(r: Report) -> list[str]:
+    pairs = fg.rf_pairs(r.folds, r.setting) if "cls_macro_f1" in r.folds else pd.DataFrame()
+    if pairs.empty:
+        return na("no random-forest rows")
+    table = pairs.groupby("variant").agg(neural=("neural", "mean"),
+                                         random_forest=("random_forest", "mean"),
+                                         folds=("fold", "count")).reset_index()
+    table["neural − RF"] = table["neural"] - table["random_forest"]
+    fig = fg.rf_vs_neural(pairs, r.figure("rf_vs_neural"))
+    return ([f"Macro-F1, neural head ({r.setting}) vs a random forest on the same pooled frozen "
+             f"features; mean over folds.", ""] + md_table(table)
+            + [_markdown_figure(r, fig, "neural vs RF head"), ""])
+
+
+def comparisons(r: Report, top: int = 10) -> list[str]:
+    if r.comps.empty or "p_corrected_t" not in r.comps:
+        return na("comparisons.csv is empty (fewer than two arms sharing folds)")
+    comps = r.comps.sort_values("p_corrected_t", na_position="last").head(top)
+    n_sig = int((r.comps["p_holm"] < 0.05).sum())
+    cols = ["metric", "a", "b", "mean_diff", "cohens_dz", "p_corrected_t", "p_wilcoxon", "p_holm"]
+    return ([f"{n_sig} of {len(r.comps)} paired comparisons are significant at Holm-adjusted "
+             f"p < 0.05 (Nadeau–Bengio corrected t-test). The {len(comps)} smallest p-values:", ""]
+            + md_table(comps[[c for c in cols if c in comps]]))
+
+
+def gallery(r: Report) -> list[str]:
+    best = r.best_arm()
+    preds = r.arm_preds(*best) if best else pd.DataFrame()
+    if preds.empty:
+        return na("no predictions/ files")
+    if r.dataset is None:
+        return na("no images (pass --data-dir)")
+    index = r.image_index()
+    errors = preds[(preds["label"] != preds["predicted"]) & preds["path"].isin(index)]
+    if errors.empty:
+        return ["No misclassified crops among the held-out predictions.", ""]
+    errors = errors.assign(conf=fg.prob_matrix(errors).max(1))
+    errors = errors.sort_values("conf", ascending=False).head(GALLERY_SIZE)
+    images = r.dataset.images[[index[p] for p in errors["path"]]]
+    fig = fg.confident_errors(errors, images, r.figure("confident_errors"))
+    return [f"{fg.arm(*best)}: misclassified held-out crops with the highest predicted "
+            f"probability.", "", _markdown_figure(r, fig, "confident errors"), ""]
+
+
+def gradcam(r: Report) -> list[str]:
+    from .gradcam import grad_cam, load_fold_model, model_input
+
+    best = r.best_arm()
+    preds = r.arm_preds(*best) if best else pd.DataFrame()
+    models = sorted(r.run.root.glob(f"models/*/fold*-{best[1]}.pt")) if best else []
+    models = [m for m in models if fg.unsafe(m.parent.name) == best[0]]
+    if not models or preds.empty:
+        return na("no saved models or predictions")
+    if r.dataset is None:
+        return na("no images (pass --data-dir)")
+    fold = int(re.fullmatch(r"fold(\d+)-.+", models[0].stem)[1])
+    per_class = int(r.config.get("profile", {}).get("evaluate", {}).get("gradcam_images", 2))
+    index = r.image_index()
+    held = preds[(preds["fold"] == fold) & preds["path"].isin(index)]
+    chosen = held.groupby("label", sort=False).head(per_class).sort_values("label")
+    if chosen.empty:
+        return na("the held-out images are not in the given data set")
+    try:
+        model, variant = load_fold_model(models[0], r.seed)
+    except Exception as exc:  # noqa: BLE001 - e.g. ImageNet weights not cached on this machine
+        return na(f"could not rebuild the model ({exc})")
+    images = r.dataset.images[[index[p] for p in chosen["path"]]]
+    cams, probs = grad_cam(model, model_input(images, variant.channels))
+    titles = [f"true {t}\npred {CLASSES[k]} ({p.max():.2f})"
+              for t, k, p in zip(chosen["label"], probs.argmax(1), probs, strict=True)]
+    shown = images.mean(axis=-1) if variant.channels == "grey" else images
+    fig = fg.gradcam_grid(shown, cams, titles, r.figure("gradcam"),
+                          f"Grad-CAM, {fg.arm(*best)}, fold {fold}")
+    return [f"Grad-CAM on the last conv layer for the predicted class, {len(chosen)} held-out "
+            f"crops of fold {fold}.", "", _markdown_figure(r, fig, "Grad-CAM"), ""]
+
+
+def random_split(r: Report) -> list[str]:
+    if r.random_split_run is None:
+        return na("no random-split run given (run the study with --split random)")
+    other = _read_csv(r.random_split_run / "folds.csv")
+    metrics = [m for m in ("cls_accuracy", "cls_macro_f1", "cls_recall_abnormal_sperm")
+               if m in other and m in r.folds]
+    shared = sorted(set(zip(other.get("variant", []), other.get("setting", []), strict=True))
+                    & set(zip(r.folds["variant"], r.folds["setting"], strict=True)))
+    if not shared or not metrics:
+        return na(f"{r.random_split_run.name} shares no variant with this run")
+    rows, long = [], []
+    for variant, setting in shared:
+        for metric in metrics:
+            g = r.folds[(r.folds["variant"] == variant) & (r.folds["setting"] == setting)][metric]
+            s = other[(other["variant"] == variant) & (other["setting"] == setting)][metric]
+            rows.append({"variant": variant, "setting": setting, "metric": nice(metric),
+                         "grouped": f"{fmt(g.mean())} ± {fmt(g.std())}",
+                         "random": f"{fmt(s.mean())} ± {fmt(s.std())}",
+                         "optimism (random − grouped)": s.mean() - g.mean()})
+            if (variant, setting) == shared[0]:
+                long += [{"metric": nice(metric), "split": "donor-grouped", "value": v} for v in g]
+                long += [{"metric": nice(metric), "split": "random", "value": v} for v in s]
+    fig = fg.grouped_vs_random(pd.DataFrame(long), r.figure("grouped_vs_random"))
+    return ([f"The same variants under donor-grouped folds and under a plain stratified split "
+             f"({r.random_split_run.name}); a positive optimism is what leaking donors between "
+             f"training and test would add.", ""] + md_table(pd.DataFrame(rows))
+            + [f"Per-fold spread for {fg.arm(*shared[0])}:", "",
+               _markdown_figure(r, fig, "grouped vs random split"), ""])
+
+
+def throughput(r: Report) -> list[str]:
+    if r.throughput_json is None or not r.throughput_json.is_file():
+        return na("no pytest-benchmark JSON given")
+    rows = []
+    for b in json.loads(r.throughput_json.read_text()).get("benchmarks", []):
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(b.get("extra_info", {}).items()))
+        rows.append({"benchmark": b.get("name"), "mean (ms)": 1000 * b["stats"]["mean"],
+                     "extra": extra})
+    return md_table(pd.DataFrame(rows)) if rows else na("the benchmark JSON has no benchmarks")
+
+
+SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
+    ("Provenance", provenance), ("Data exploration", data_exploration),
+    ("Leaderboard", leaderboard), ("Per-class recall", per_class),
+    ("Confusion matrices", confusion), ("Training curves", training),
+    ("Calibration", calibration), ("MC-dropout", mc_dropout),
+    ("Selective prediction", selective), ("Conformal prediction", conformal),
+    ("Out-of-distribution detection", ood), ("Accuracy under distribution shift", shifts),
+    ("Neural head vs random-forest head", rf_head), ("Significant comparisons", comparisons),
+    ("Most confident errors", gallery), ("Grad-CAM", gradcam),
+    ("Grouped vs random split", random_split), ("Throughput", throughput),
+]
+
+
+def render(report: Report) -> str:
+    lines = [f"# SMIDS VGG19 benchmark: {report.run.root.name}", ""]
+    for title, section in SECTIONS:
+        lines += [f"## {title}", ""]
+        try:
+            lines += section(report)
+        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the report
+            log.exception("report section %r failed", title)
+            lines += na(f"section failed ({type(exc).__name__}: {exc})")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_report(run_dir, dataset=None, random_split_run=None, throughput_json=None) -> Path:
+    """Write ``RUN/report.md`` and its figures; returns the report's path. ``dataset`` (the
+    run's ``Dataset``) enables image sizes, the error gallery and Grad-CAM; ``random_split_run``
+    defaults to the sibling ``<run>-random-split`` folder when it exists."""
+    report = Report.load(run_dir, dataset, random_split_run, throughput_json)
+    report.run.figures.mkdir(parents=True, exist_ok=True)
+    write_text(report.run.report, render(report))
+    return report.run.report

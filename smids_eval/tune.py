@@ -1,0 +1,125 @@
+"""Optuna search of optimizer, learning rate and weight decay: storage, sampler, pruner, objective.
+
+Several worker processes (on several machines) can share one study through any SQLAlchemy URL
+(PostgreSQL, MySQL) or a JournalStorage file: each trial is run by exactly one worker, and the
+study stops at the profile's trial budget however many workers there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from .config import SearchSpace
+from .errors import ConfigError, TrainingDiverged
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+#: reports one intermediate value (step, value); raises optuna.TrialPruned when the pruner says so
+Report = Callable[[int, float], None]
+
+
+def open_storage(storage: str | None, out_dir: Path):
+    """``None`` → SQLite file in the run folder; ``*.journal`` / ``journal:PATH`` → JournalStorage
+    file (NFS-friendly, no server); anything else → an SQLAlchemy URL checked now, before any work."""
+    if storage is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
+    if storage.startswith("journal:") or storage.endswith(".journal"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(storage.removeprefix("journal:"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise ConfigError(f"cannot open the journal storage {path}: {exc}") from exc
+    if "://" not in storage:
+        raise ConfigError(f"--storage {storage!r} is neither an SQLAlchemy URL "
+                          "(e.g. postgresql://user:pw@host/db) nor a journal file (*.journal)")
+    try:
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
+                                          heartbeat_interval=60, grace_period=180)
+    except Exception as exc:  # SQLAlchemy raises many types: report them all the same way
+        raise ConfigError(f"storage {storage!r} is unreachable or unusable: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def study_name(variant: str, fold: int, profile: str, fingerprint: str, grouped: bool = True) -> str:
+    split = "" if grouped else "-random-split"
+    return f"smids-{variant}-fold{fold}-{profile}-{fingerprint}{split}"
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner {name!r}; use median, wilcoxon or none")
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
+    return {
+        "optimizer": trial.suggest_categorical("optimizer", list(space.optimizers)),
+        "learning_rate": trial.suggest_float("learning_rate", space.lr_low, space.lr_high, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", space.wd_low, space.wd_high, log=True),
+    }
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def tune(objective: Callable[[dict, Report], float], *, name: str, storage, n_trials: int,
+         space: SearchSpace, seed: int, pruner: str = "median", progress: bool = False,
+         shared: bool = False) -> dict:
+    """Run (or resume, or join) the study ``name`` until it has ``n_trials`` finished trials.
+
+    ``objective(params, report)`` returns mean inner-validation macro-F1; it may call
+    ``report(step, value)``. A diverged run (NaN/inf loss) becomes a pruned trial.
+    Returns the best trial's params plus ``best_value`` and ``n_trials``.
+    A single worker is fully deterministic from ``seed``; with ``shared`` storage (several
+    workers) each worker mixes its process id into the sampler seed, so workers explore
+    different points instead of repeating each other's suggestions.
+    """
+    sampler_seed = (seed * 1_000_003 + os.getpid()) % 2**31 if shared else seed
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(4, n_trials)),
+        pruner=make_pruner(pruner))
+
+    def run_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        params = suggest(trial, space)
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4f})")
+
+        try:
+            return objective(params, report)
+        except TrainingDiverged as exc:
+            trial.set_user_attr("diverged", str(exc))
+            raise optuna.TrialPruned(f"diverged: {exc}") from exc
+
+    remaining = n_trials - finished_trials(study)
+    if remaining > 0:
+        study.optimize(run_trial, n_trials=remaining, show_progress_bar=progress,
+                       callbacks=[MaxTrialsCallback(n_trials, states=FINISHED)],
+                       catch=())
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise TrainingDiverged(f"every trial of {name} was pruned or diverged; "
+                               "widen the search space or check the data")
+    best = max(complete, key=lambda t: t.value)
+    return {**best.params, "best_value": float(best.value), "n_trials": finished_trials(study)}

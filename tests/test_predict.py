@@ -1,0 +1,138 @@
+"""``python -m smids_eval.predict`` on a real tiny run: CSV columns, bad files, fold ensemble,
+exact agreement with the study's own held-out outputs, grey variant, CLI errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smids_eval import CLASSES
+from smids_eval.predict import Predictor, combine
+from smids_eval.predict import main as predict_main
+from smids_eval.study import main as study_main
+
+TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
+PROBS = ["prob_normal_sperm", "prob_abnormal_sperm", "prob_non_sperm"]
+DOCUMENTED = ["path", "status", "error", "predicted_class", *PROBS, "max_prob", "mc_mi",
+              "ood_score", "in_distribution", "conformal_set", "decision", "variant", "setting",
+              "folds"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished tiny run (F.0: RGB + MC-dropout, A.0: grey, no dropout; tuned, 2 folds) and
+    the root of the synthetic data set it was trained on."""
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    assert study_main(["--profile", TINY, "--variant", "F.0", "--variant", "A.0", "--no-rf",
+                       "--settings", "tuned", "--trials", "1", "--out", str(out),
+                       "--cache-dir", str(cache), "--no-progress", "--seed", "2"]) == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    (data,) = (cache / "synthetic").iterdir()
+    return run_dir, data
+
+
+@pytest.fixture(scope="module")
+def inputs(run, tmp_path_factory) -> Path:
+    """Two synthetic crops per class in a subfolder, a corrupt .png and a text file."""
+    _, data = run
+    folder = tmp_path_factory.mktemp("new-images")
+    (folder / "crops").mkdir()
+    for name in CLASSES:
+        for src in sorted((data / name).glob("*.bmp"))[:2]:
+            shutil.copy(src, folder / "crops" / f"{name}-{src.name}")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 3)
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+def test_ensemble_csv_columns_good_and_bad_files(run, inputs):
+    run_dir, _ = run
+    assert predict_main(["--run", str(run_dir), "--variant", "F.0", str(inputs)]) == 0
+    frame = pd.read_csv(run_dir / "predict-F.0.csv")
+    assert list(frame.columns) == DOCUMENTED
+    assert len(frame) == 6 + 2
+    status = dict(zip(frame.path.map(lambda p: Path(p).name), frame.status, strict=True))
+    assert status["corrupt.png"] == "unreadable" and status["notes.txt"] == "not_an_image"
+    bad = frame[frame.status != "ok"]
+    assert bad.error.str.len().gt(0).all() and bad[PROBS + ["decision"]].isna().all().all()
+    good = frame[frame.status == "ok"]
+    assert len(good) == 6 and good.error.isna().all()
+    np.testing.assert_allclose(good[PROBS].sum(axis=1), 1.0, atol=1e-9)
+    assert good.predicted_class.isin(CLASSES).all()
+    assert good.decision.isin(["accept", "refer"]).all()
+    assert good.mc_mi.notna().all() and (good.mc_mi >= 0).all()      # F.0 has dropout
+    assert good.in_distribution.isin([True, False]).all() and good.ood_score.notna().all()
+    assert (frame.folds == "0|1").all() and (frame.setting == "tuned").all()
+
+
+def test_ensemble_is_the_mean_of_single_fold_models(run, inputs):
+    run_dir, _ = run
+    single = [Predictor(run_dir, "F.0", fold=k).predict_paths([inputs]) for k in (0, 1)]
+    both = Predictor(run_dir, "F.0").predict_paths([inputs])
+    ok = both.status == "ok"
+    expected = (single[0].loc[ok, PROBS].to_numpy(float) + single[1].loc[ok, PROBS].to_numpy(float)) / 2
+    np.testing.assert_allclose(both.loc[ok, PROBS].to_numpy(float), expected, atol=1e-12)
+    for frame in single:
+        refer = ok & (frame.decision == "refer")
+        assert (both.loc[refer, "decision"] == "refer").all()   # accept needs every fold
+
+
+def test_grey_variant_reproduces_the_studys_held_out_outputs(run):
+    """Rebuilt A.0 fold-0 model (random prefix from the run seed) gives exactly the study's
+    held-out probabilities, temperature scaled; no MC-dropout numbers for a non-dropout head."""
+    run_dir, data = run
+    stored = pd.read_csv(run_dir / "predictions" / "A.0" / "fold0-tuned.csv.gz").head(12)
+    predictor = Predictor(run_dir, "A.0", fold=0)
+    frame = predictor.predict_paths([data / p for p in stored.path])
+    assert (frame.status == "ok").all() and frame.mc_mi.isna().all()
+    # compare on the logit scale (the tiny model is near uniform): T·log p_predict ≡ log p_study
+    centred = lambda p: p - p.mean(1, keepdims=True)  # noqa: E731
+    temperature = predictor.models[0]["artifacts"].temperature
+    np.testing.assert_allclose(centred(np.log(frame[PROBS].to_numpy(float)) * temperature),
+                               centred(np.log(stored[PROBS].to_numpy(float))), atol=1e-5)
+    assert list(frame.predicted_class) == list(stored.predicted)
+
+
+def test_combine_rules():
+    """Majority in-distribution (tie = out), union of conformal sets, unanimous accept."""
+    def fold(p, ind, sets, decision):
+        f = pd.DataFrame(np.array(p, float), columns=PROBS)
+        f.insert(0, "predicted_class", np.asarray(CLASSES)[np.argmax(p, 1)])
+        return f.assign(mc_mi=np.nan, ood_score=[1.0, 2.0], in_distribution=ind,
+                        conformal_set=sets, decision=decision)
+    a = fold([[.9, .05, .05], [.6, .3, .1]], [True, True], ["Normal_Sperm", "Normal_Sperm"],
+             ["accept", "accept"])
+    b = fold([[.8, .1, .1], [.2, .7, .1]], [True, False], ["Normal_Sperm", "Abnormal_Sperm"],
+             ["accept", "refer"])
+    out = combine([a, b])
+    np.testing.assert_allclose(out[PROBS].to_numpy(), [[.85, .075, .075], [.4, .5, .1]])
+    assert list(out.in_distribution) == [True, False]
+    assert list(out.conformal_set) == ["Normal_Sperm", "Normal_Sperm|Abnormal_Sperm"]
+    assert list(out.decision) == ["accept", "refer"]
+    assert out.mc_mi.isna().all()
+
+
+def test_cli_errors_exit_2_and_say_what_exists(run, inputs, tmp_path, capsys):
+    run_dir, _ = run
+    base = [str(inputs), "--run", str(run_dir)]
+    cases = [(["--variant", "Z.9"], "available: A.0, F.0"),
+             (["--variant", "F.0+RF"], "random-forest"),
+             (["--variant", "F.0", "--setting", "specified"], "available settings: tuned"),
+             (["--variant", "F.0", "--fold", "7"], "available folds: 0, 1"),
+             (["--variant", "F.0", "--weights-file", str(inputs / "notes.txt")], "drop --weights-file")]
+    for extra, message in cases:
+        assert predict_main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert predict_main([str(inputs), "--run", str(tmp_path / "nope"), "--variant", "F.0"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        predict_main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ["--run", "--variant", "--setting", "--fold", "--out", "--device", "--weights-file",
+                 "union", "majority", "not_an_image"]:
+        assert word in text, word

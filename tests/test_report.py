@@ -1,0 +1,140 @@
+"""The markdown report and its figures on one real tiny study run (and a stripped copy of it)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from smids_eval.report.__main__ import main as report_main
+from smids_eval.report.gradcam import grad_cam, load_fold_model, model_input
+from smids_eval.report.leaderboard import summarise
+from smids_eval.report.markdown import SECTIONS, build_report, run_dataset
+from smids_eval.study import main as study_main
+
+TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STRIPPED = ("MC-dropout", "Out-of-distribution detection", "Accuracy under distribution shift",
+            "Neural head vs random-forest head", "Most confident errors", "Grad-CAM",
+            "Grouped vs random split", "Throughput")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """F.1 (RGB, dropout, trains block 5) and A.0 (grey, no dropout), specified settings only."""
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    assert study_main(["--profile", TINY, "--variant", "F.1", "--variant", "A.0",
+                       "--settings", "specified", "--out", str(out), "--cache-dir", str(cache),
+                       "--no-progress", "--seed", "1"]) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run, run_dataset(run, cache_dir=cache)
+
+
+def sections(text: str) -> dict[str, str]:
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def figure_links(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as im:
+        im.verify()
+
+
+def make_random_split_sibling(run: Path) -> Path:
+    """A sibling '<run>-random-split' folder whose folds are this run's, made 0.1 more accurate."""
+    sibling = run.with_name(run.name + "-random-split")
+    sibling.mkdir()
+    folds = pd.read_csv(run / "folds.csv")
+    folds["cls_accuracy"] = folds["cls_accuracy"] + 0.1
+    folds.to_csv(sibling / "folds.csv", index=False)
+    return sibling
+
+
+def test_full_report_has_every_section_and_valid_figures(study, tmp_path):
+    run, dataset = study
+    make_random_split_sibling(run)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"benchmarks": [
+        {"name": "test_throughput[F.1]", "stats": {"mean": 0.0125},
+         "extra_info": {"images_per_s": 80.0}}]}))
+    text = build_report(run, dataset=dataset, throughput_json=bench).read_text()
+    found = sections(text)
+    assert list(found) == [title for title, _ in SECTIONS]
+    assert "not available in this run" not in text.lower()
+    assert "section failed" not in text
+    assert "random initialisation, NOT ImageNet-pretrained" in found["Provenance"]
+    header = next(line for line in found["Leaderboard"].splitlines() if line.startswith("| variant"))
+    assert header.split("|")[4].strip() == "recall abnormal sperm"
+    assert "Variants without dropout (no MC-dropout): A.0." in found["MC-dropout"]
+    assert "test_throughput[F.1]" in found["Throughput"] and "12.500" in found["Throughput"]
+    assert re.search(r"\| accuracy \|.*\| 0\.100 \|", found["Grouped vs random split"])
+    links = figure_links(text)
+    expected = {"label_distribution", "image_sizes", "leaderboard", "per_class_recall",
+                "confusion_matrices", "training_curves", "reliability", "risk_coverage",
+                "ood_auroc", "shift_accuracy", "rf_vs_neural", "confident_errors", "gradcam",
+                "grouped_vs_random"}
+    assert {Path(link).stem for link in links} == expected
+    for link in links:
+        assert_png(run / link)
+    assert sorted(p.name for p in (run / "figures").iterdir()) == sorted(f"{s}.png" for s in expected)
+
+
+def test_rebuilt_models_reproduce_saved_predictions_and_gradcam(study):
+    run, dataset = study
+    index = {p: i for i, p in enumerate(dataset.paths)}
+    for variant, channels in (("F.1", 3), ("A.0", 1)):
+        model, v = load_fold_model(run / "models" / variant / "fold0-specified.pt", init_seed=1)
+        preds = pd.read_csv(run / "predictions" / variant / "fold0-specified.csv.gz")
+        x = model_input(dataset.images[[index[p] for p in preds["path"]]], v.channels)
+        assert x.shape[1] == channels
+        with torch.no_grad():
+            probs = torch.softmax(model(x), 1).numpy()
+        saved = preds[[c for c in preds if c.startswith("prob_")]].to_numpy()
+        np.testing.assert_allclose(probs, saved, atol=2e-3)
+        cams, cam_probs = grad_cam(model, x[:5])
+        assert cams.shape == (5, dataset.size, dataset.size)
+        assert cams.min() >= 0 and np.allclose(cams.reshape(5, -1).max(1)[cams.reshape(5, -1).max(1) > 0], 1)
+        np.testing.assert_allclose(cam_probs, probs[:5], atol=1e-5)
+
+
+def test_stripped_run_still_builds_and_says_not_available(study, tmp_path):
+    run, _ = study
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("models", "predictions", "figures",
+                                                             "report.md"))
+    folds = pd.read_csv(copy / "folds.csv")
+    folds = folds[~folds["variant"].str.endswith("+RF")]
+    folds = folds[[c for c in folds if not c.startswith(("mc_", "ood_", "shift_"))]]
+    folds.to_csv(copy / "folds.csv", index=False)
+    summarise(folds).to_csv(copy / "leaderboard.csv", index=False)
+    text = build_report(copy).read_text()
+    found = sections(text)
+    assert list(found) == [title for title, _ in SECTIONS]
+    for title in STRIPPED:
+        assert "not available in this run" in found[title].lower(), title
+    assert "section failed" not in text
+    for link in figure_links(text):
+        assert_png(copy / link)
+
+
+def test_cli(study, capsys):
+    run, _ = study
+    assert report_main([str(run), "--no-images"]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.md")
+    assert report_main([str(run.parent / "missing")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        report_main(["--help"])
+    assert exc.value.code == 0

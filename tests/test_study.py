@@ -1,0 +1,161 @@
+"""End-to-end study on a tiny synthetic set: files, columns, leakage, resume, kill -9, bad CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smids_eval.study import main as study_main
+
+TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("study-cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    """One tiny study: F.1 (trains block 5, MC-dropout) and A.0 (grey, no dropout)."""
+    out = tmp_path_factory.mktemp("results")
+    args = ["--profile", TINY, "--variant", "F.1", "--variant", "A.0", "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--seed", "3"]
+    assert study_main(args) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return out, run, args
+
+
+def test_writes_every_file_with_documented_columns(finished_run):
+    out, run, _ = finished_run
+    for name in ["config.toml", "splits.csv", "folds.csv", "leaderboard.csv", "comparisons.csv"]:
+        assert (run / name).is_file(), name
+    assert (out / "leaderboard.csv").is_file() and (out / "comparisons.csv").is_file()
+    folds = pd.read_csv(run / "folds.csv")
+    assert set(folds["variant"]) == {"F.1", "A.0", "F.1+RF", "A.0+RF"}
+    assert set(folds.loc[folds.variant == "F.1", "setting"]) == {"specified", "tuned"}
+    assert len(folds) == 2 * (2 + 2 + 1 + 1)  # 2 folds × (2 settings × 2 variants + 2 RF rows)
+    provenance = ["run_commit", "run_profile", "run_device", "run_precision", "run_weights",
+                  "run_grouping", "run_data_fingerprint", "run_seed"]
+    for col in provenance + ["cls_accuracy", "cls_balanced_accuracy", "cls_macro_f1",
+                             "cls_recall_abnormal_sperm", "cls_nll", "cls_brier", "cal_ece",
+                             "cal_ece_ts", "sel_aurc_msp", "cp_lac_coverage_a0.1",
+                             "ood_textures_knn_auroc", "shift_defocus_blur_s3_accuracy",
+                             "hp_optimizer", "hp_learning_rate", "epochs_run", "wall_seconds"]:
+        assert col in folds, col
+        assert folds[col].notna().any(), col
+    assert (folds["run_weights"] == "random").all()  # tiny profile: never claimed pretrained
+    assert (folds["run_grouping"] == "manifest").all()
+    spec = folds[(folds.variant == "F.1") & (folds.setting == "specified")]
+    assert (spec["hp_optimizer"] == "adam").all() and np.allclose(spec["hp_learning_rate"], 1e-4)
+    assert folds.loc[folds.variant == "F.1", "mc_available"].eq(1).all()
+    assert folds.loc[folds.variant == "A.0", "mc_available"].eq(0).all()
+    assert folds.loc[folds.variant == "A.0"].filter(like="mc_mi").isna().all().all()
+    tuned = folds[(folds.variant == "A.0") & (folds.setting == "tuned")]
+    assert (tuned["tune_trials"] >= 2).all()
+
+    board = pd.read_csv(run / "leaderboard.csv")
+    assert list(board.columns[:3]) == ["variant", "setting", "n_folds"]
+    assert board.columns[3].startswith("cls_recall_abnormal_sperm")
+    for stat in ["mean", "std", "ci95_low", "ci95_high"]:
+        assert f"cls_macro_f1_{stat}" in board
+    assert board["cls_macro_f1_mean"].is_monotonic_decreasing
+    comps = pd.read_csv(run / "comparisons.csv")
+    assert {"metric", "a", "b", "mean_diff", "p_corrected_t", "p_wilcoxon", "p_holm",
+            "cohens_dz"} <= set(comps.columns)
+
+
+def test_no_group_in_train_and_test_and_predictions_recompute_metrics(finished_run):
+    _, run, _ = finished_run
+    splits = pd.read_csv(run / "splits.csv", dtype={"group": str})
+    for f in sorted(splits["outer_fold"].unique()):
+        test = set(splits.loc[splits.outer_fold == f, "group"])
+        train = set(splits.loc[splits.outer_fold != f, "group"])
+        assert not test & train
+    folds = pd.read_csv(run / "folds.csv")
+    row = folds[(folds.variant == "F.1") & (folds.setting == "tuned") & (folds.fold == 1)].iloc[0]
+    pred = pd.read_csv(run / "predictions" / "F.1" / "fold1-tuned.csv.gz")
+    assert set(pred["path"]) == set(splits.loc[splits.outer_fold == 1, "path"])
+    assert (pred["label"] == pred["predicted"]).mean() == pytest.approx(row["cls_accuracy"])
+    assert (run / "models" / "F.1" / "fold1-tuned.pt").is_file()
+    assert (run / "history" / "F.1" / "fold1-tuned.csv").is_file()
+
+
+def test_resume_skips_finished_work_and_force_redoes_it(finished_run):
+    out, run, args = finished_run
+    marker = run / "folds" / "F.1" / "fold0-tuned.json"
+    before = marker.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert study_main(args) == 0
+    assert marker.stat().st_mtime_ns == before
+    assert time.perf_counter() - t0 < 30
+    assert study_main(args[:4] + args[6:] + ["--force", "--settings", "specified"]) == 0
+    assert marker.stat().st_mtime_ns == before  # tuned not selected: untouched
+    assert (run / "folds" / "F.1" / "fold0-specified.json").stat().st_mtime_ns > before
+
+
+def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir):
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "smids_eval.study", "--profile", TINY, "--variant", "B.0",
+           "--out", str(out), "--cache-dir", str(cache_dir), "--no-progress", "--no-rf",
+           "--settings", "specified,tuned"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    first = None
+    while time.time() < deadline and first is None:
+        found = list(out.glob("*/folds/B.0/*.json"))
+        first = found[0] if found else None
+        time.sleep(0.2)
+    assert first is not None, "the study wrote no fold within 4 minutes"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p: p.stat().st_mtime_ns for p in out.glob("*/folds/B.0/*.json")}
+    for p in done_before:
+        json.loads(p.read_text())  # every finished fold is complete JSON
+    assert not list(out.rglob("*.tmp"))  or all(p.name.startswith(".") for p in out.rglob("*.tmp"))
+    subprocess.run(cmd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for p, mtime in done_before.items():
+        assert p.stat().st_mtime_ns == mtime  # not redone
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    folds = pd.read_csv(run / "folds.csv")
+    assert len(folds) == 4 and folds["cls_accuracy"].notna().all()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--variant", "Z.9"], "unknown variant(s) Z.9; valid variants: A.0"),
+    (["--variant", "A.0", "--folds", "40"], "40 folds need at least 40 donor groups, but there are 17"),
+    (["--variant", "A.0", "--storage", "postgresql://nobody:x@127.0.0.1:1/none"], "unreachable"),
+    (["--variant", "A.0", "--settings", "best"], "--settings 'best'"),
+    (["--variant", "A.0", "--profile", "turbo"], "unknown profile 'turbo'"),
+    (["--variant", "A.0", "--weights-file", "/no/such.pth"], "does not exist"),
+    (["--variant", "A.0", "--data-dir", "/no/such/dir"], "data directory not found"),
+])
+def test_bad_cli_values_fail_fast(tmp_path, cache_dir, capsys, extra, message):
+    args = ["--profile", TINY, "--out", str(tmp_path / "out"), "--cache-dir", str(cache_dir),
+            "--no-progress", *extra]
+    if "--profile" in extra:
+        args = args[2:]
+    t0 = time.perf_counter()
+    assert study_main(args) == 2
+    assert message in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 20
+    assert not list((tmp_path / "out").glob("*/folds/*/*.json"))
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        study_main(["--help"])
+    text = capsys.readouterr().out
+    for option in ["--variant", "--profile", "--folds", "--data-dir", "--groups-file", "--out",
+                   "--device", "--seed", "--trials", "--storage", "--force"]:
+        assert option in text

@@ -1,0 +1,97 @@
+"""Optuna search: storage choices, pruning of diverged trials, two workers sharing one study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from smids_eval.config import SearchSpace
+from smids_eval.errors import ConfigError, TrainingDiverged
+from smids_eval.tune import FINISHED, open_storage, study_name, tune
+
+WORKER = str(Path(__file__).with_name("tune_worker.py"))
+
+
+def test_default_storage_is_sqlite_in_run_folder(tmp_path):
+    storage = open_storage(None, tmp_path)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("value", ["not-a-url", "postgresql://x:y@127.0.0.1:1/none"])
+def test_bad_storage_is_a_clear_error(tmp_path, value):
+    with pytest.raises(ConfigError, match="storage|--storage"):
+        open_storage(value, tmp_path)
+
+
+def test_diverged_trials_are_pruned_not_fatal_and_study_resumes(tmp_path):
+    storage = open_storage(None, tmp_path)
+    calls = []
+
+    def objective(params, report):
+        calls.append(params)
+        if len(calls) % 2 == 0:
+            raise TrainingDiverged("loss became nan")
+        return params["learning_rate"]
+
+    name = study_name("F.0", 0, "tiny", "abc")
+    best = tune(objective, name=name, storage=storage, n_trials=4, space=SearchSpace(), seed=1)
+    assert best["n_trials"] == 4 and len(calls) == 4
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == 2
+    assert best["learning_rate"] == max(t.value for t in study.trials if t.value is not None)
+    tune(objective, name=name, storage=storage, n_trials=4, space=SearchSpace(), seed=1)
+    assert len(calls) == 4  # resumed study: nothing left to do
+    tune(objective, name=name, storage=storage, n_trials=6, space=SearchSpace(), seed=1)
+    assert len(calls) == 6
+
+
+def test_single_worker_is_deterministic(tmp_path):
+    def objective(params, report):
+        return -params["learning_rate"]
+
+    results = [tune(objective, name="s", storage=open_storage(None, tmp_path / str(i)), n_trials=5,
+                    space=SearchSpace(), seed=7) for i in range(2)]
+    assert results[0] == results[1]
+
+
+def _storages(tmp_path):
+    yield f"{tmp_path}/shared.journal"
+    url = os.environ.get("SMIDS_TEST_POSTGRES_URL")
+    if url:
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgres"])
+def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path, backend):
+    if backend == "postgres":
+        url = os.environ.get("SMIDS_TEST_POSTGRES_URL")
+        if not url:
+            pytest.skip("SMIDS_TEST_POSTGRES_URL not set (.ci/run starts a PostgreSQL server)")
+    else:
+        url = f"{tmp_path}/shared.journal"
+    name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    n_trials = 10
+    procs = [subprocess.Popen([sys.executable, WORKER, url, name, str(n_trials)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out
+    study = optuna.load_study(study_name=name, storage=open_storage(url, tmp_path))
+    trials = study.get_trials(states=FINISHED)
+    # the budget is shared: at most one extra trial per worker racing at the very end
+    assert n_trials <= len(trials) <= n_trials + 1
+    assert all(t.state in FINISHED for t in study.trials)  # no orphaned RUNNING trial
+    assert len({t.number for t in trials}) == len(trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes worked on the study
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params)  # no point was evaluated twice
