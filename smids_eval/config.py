@@ -36,7 +36,7 @@ class TrainConfig:
     feature_cache: bool = True      # train only the trainable suffix on cached activations
     views: int = 4                  # pre-drawn augmentation views per image in the cache
     class_weighting: bool = False
-    compile: bool = False           # torch.compile on CUDA
+    compile: bool = False           # torch.compile (prefix extraction and training)
     num_workers: int = 0
 
 

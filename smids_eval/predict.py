@@ -37,11 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from . import CLASSES
-from .config import Profile, profile_from_dict
 from .data.decode import read_image
 from .data.scan import IMAGE_SUFFIXES
 from .engine import Engine
@@ -49,7 +47,7 @@ from .errors import ConfigError, SmidsError
 from .evaluate.base import SLUGS
 from .io import write_csv
 from .run_folder import RunFolder, _safe
-from .variants import Variant
+from .saved_model import build_engine, check_state, load_fold_model
 
 log = logging.getLogger("smids_eval.predict")
 SETTINGS = ("tuned", "specified")
@@ -102,69 +100,6 @@ def model_files(run: Path, variant: str, setting: str, fold: int | None) -> list
                               f"available folds: {', '.join(map(str, sorted(folds)))} or all")
         return [folds[fold]]
     return [folds[k] for k in sorted(folds)]
-
-
-def load_fold_model(path: Path) -> dict:
-    """One saved fold model (a dict written by ``smids_eval.fold``), checked for its keys."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ConfigError(f"model file {path} is unreadable ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); rerun that fold with python -m smids_eval.study "
-                          f"--force") from exc
-    needed = {"variant", "setting", "fold", "suffix_state", "profile", "weights", "artifacts",
-              "provenance"}
-    missing = sorted(needed - set(saved)) if isinstance(saved, dict) else sorted(needed)
-    if missing or "run_seed" not in saved["provenance"]:
-        raise ConfigError(f"model file {path} lacks {missing or ['provenance.run_seed']}; it was "
-                          f"written by another smids_eval version: rerun the study fold")
-    return saved
-
-
-def weights_spec(saved: dict, weights_file: str | None, path: Path) -> str:
-    """What to pass as Engine ``weights`` to get the backbone the fold was trained on."""
-    wid = saved["weights"]
-    if wid.startswith("file:"):
-        if not weights_file:
-            raise ConfigError(f"{path} was trained on the backbone weights file {wid.split(':')[1]} "
-                              f"(sha256 {wid.rsplit(':', 1)[1]}…); pass --weights-file PATH to "
-                              f"that same file")
-        if not Path(weights_file).is_file():
-            raise ConfigError(f"--weights-file {weights_file} does not exist")
-        return weights_file
-    if weights_file:
-        raise ConfigError(f"{path} was trained with backbone weights {wid!r}, not a file; drop "
-                          f"--weights-file")
-    if wid == "random":
-        return "random"
-    if wid.startswith("imagenet:"):
-        return "imagenet"
-    raise ConfigError(f"{path}: unknown backbone weights id {wid!r}")
-
-
-def build_engine(saved: dict, device: str, weights_file: str | None, path: Path) -> Engine:
-    """The fold's network: same variant, profile, backbone and prefix seed as in training."""
-    profile: Profile = profile_from_dict(saved["profile"]).replace(train={"compile": False})
-    seed = int(saved["provenance"]["run_seed"])
-    engine = Engine(Variant(**saved["variant"]), profile, device=device,
-                    weights=weights_spec(saved, weights_file, path), cache_dir=None,
-                    init_seed=seed, augment_seed=seed, progress=False)
-    if engine.weights_id.rsplit(":", 1)[-1] != saved["weights"].rsplit(":", 1)[-1]:
-        raise ConfigError(f"--weights-file {weights_file} is {engine.weights_id} but {path} was "
-                          f"trained on {saved['weights']}; pass the file the run used")
-    return engine
-
-
-def check_state(engine: Engine, saved: dict, path: Path) -> None:
-    """The saved suffix must fit today's network, else the run came from other code."""
-    want = {k: tuple(v.shape) for k, v in engine.model.suffix.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in saved["suffix_state"].items()}
-    if want != have:
-        diff = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
-        raise ConfigError(f"model file {path} does not fit the current network (differs in "
-                          f"{', '.join(diff[:4])}{' …' if len(diff) > 4 else ''}); it was trained "
-                          f"by smids_eval commit {saved['provenance'].get('run_commit', '?')}: "
-                          f"predict with that version or rerun the study")
 
 
 # --------------------------------------------------------------------------- inputs

@@ -33,8 +33,8 @@ from .report.comparisons import compare
 from .report.leaderboard import merge_runs, summarise
 from .run_folder import RunFolder
 from .splits import SplitPlan, make_splits
-from .tomlw import dumps
 from .toml import load_toml
+from .tomlw import dumps
 from .tune import open_storage, study_name, tune
 from .variants import Variant, select_variants
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick | full | auto (full when CUDA is present, else quick) | path.toml")
     p.add_argument("--folds", type=int, help="outer folds (default: the profile's; the number of "
                    "donor groups gives leave-one-donor-out)")
+    p.add_argument("--fold", type=int, action="append", metavar="K",
+                   help="run only outer fold K (repeatable; default: every fold)")
     p.add_argument("--inner-folds", type=int, help="grouped inner folds for tuning (default: profile)")
     p.add_argument("--data-dir", help="class-folder data set (default: $SMIDS_DATA_DIR, else the "
                    "synthetic set)")
@@ -242,7 +244,8 @@ def run_all(ctx: Context, variants: list[Variant]) -> RunFolder:
     from .fold import FoldRunner
 
     per_fold = len(ctx.settings) + (1 if ctx.profile.evaluate.rf and not ctx.args.no_rf else 0)
-    todo = [(v, f) for v in variants for f in range(ctx.plan.n_outer)]
+    folds = selected_folds(ctx)
+    todo = [(v, f) for v in variants for f in folds]
     bar = tqdm(total=len(todo) * per_fold, desc="study", unit="fit", disable=not ctx.progress,
                dynamic_ncols=True)
     rf_memo: dict = {}
@@ -250,18 +253,26 @@ def run_all(ctx: Context, variants: list[Variant]) -> RunFolder:
         pending = [f for v, f in todo if v is variant
                    and (ctx.args.force or not all(ctx.run.done(n, f, s)
                                                   for n, s in _arms(ctx, variant)))]
-        bar.update(per_fold * (ctx.plan.n_outer - len(pending)))
+        bar.update(per_fold * (len(folds) - len(pending)))
         if not pending:
             log.info("%s: every fold already done (use --force to redo)", variant.name)
             continue
         runner = FoldRunner(ctx, variant, rf_memo)
         for fold in pending:
-            bar.set_description(f"study {variant.name} fold {fold + 1}/{ctx.plan.n_outer}")
+            bar.set_description(f"study {variant.name} fold {fold}/{ctx.plan.n_outer - 1}")
             runner.run(fold, bar)
     bar.close()
     write_tables(ctx.run, Path(ctx.args.out))
     log.info("results in %s", ctx.run.root)
     return ctx.run
+
+
+def selected_folds(ctx: Context) -> list[int]:
+    folds = sorted(set(ctx.args.fold)) if ctx.args.fold else list(range(ctx.plan.n_outer))
+    bad = [f for f in folds if not 0 <= f < ctx.plan.n_outer]
+    if bad:
+        raise ConfigError(f"--fold {bad}: folds are numbered 0..{ctx.plan.n_outer - 1}")
+    return folds
 
 
 def _arms(ctx: Context, variant: Variant) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import DEFAULT_AUGMENT, N_PARAMS, AugmentConfig, augment, to_channels, to_float
-from .device import Runtime
+from .device import Runtime, compiled
 from .errors import ConfigError, TrainingDiverged
 from .io import write_csv
 from .models import Suffix
@@ -182,7 +182,7 @@ def fit(suffix: Suffix, train, y_train: np.ndarray, val, y_val: np.ndarray, hype
     params = [p for p in suffix.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, hyper, momentum)
     generator = torch.Generator().manual_seed(seed)
-    step_model = torch.compile(suffix) if runtime.compile else suffix
+    step_model = compiled(suffix, runtime)
     rows, best_state, best_f1, best_epoch, bad = [], None, -math.inf, 0, 0
     devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

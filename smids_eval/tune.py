@@ -106,6 +106,8 @@ def tune(objective: Callable[[dict, Report], float], *, name: str, storage, n_tr
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4f})")
 
+        log.info("%s: trial %d of %d: %s, lr %.2e, wd %.2e", name, trial.number + 1, n_trials,
+                 params["optimizer"], params["learning_rate"], params["weight_decay"])
         try:
             return objective(params, report)
         except TrainingDiverged as exc:

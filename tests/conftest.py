@@ -49,7 +49,7 @@ def tiny_folder(tmp_path) -> Path:
               "non_sperm": ["i.png", "j.png", "k.png", "l.jpeg"]}
     modes = ["RGB", "L", "P", "RGBA"]
     for folder, names in layout.items():
-        for name, mode in zip(names, modes):
+        for name, mode in zip(names, modes, strict=True):
             m = "RGB" if name.endswith((".jpg", ".jpeg")) and mode in ("P", "RGBA") else mode
             write_image(root / folder / name, rng, m)
     return root

@@ -46,7 +46,7 @@ class Dataset:
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASSES))
-        return {c: int(n) for c, n in zip(CLASSES, counts)}
+        return {c: int(n) for c, n in zip(CLASSES, counts, strict=True)}
 
 
 def load_folder(root: str | Path, size: int, cache_dir: str | Path | None = None,

@@ -31,13 +31,12 @@ def render_report(dataset) -> str:
     for name, n in dataset.class_counts().items():
         lines.append(f"  {name:<15} {n:>6}  ({n / max(len(dataset), 1):.1%})")
     w, h = dataset.original_sizes[:, 0], dataset.original_sizes[:, 1]
-    lines += ["", "image sizes (px): width {}–{} (mean {:.0f}), height {}–{} (mean {:.0f})".format(
-        w.min(), w.max(), w.mean(), h.min(), h.max(), h.mean()), "",
+    lines += ["", f"image sizes (px): width {w.min()}–{w.max()} (mean {w.mean():.0f}), height {h.min()}–{h.max()} (mean {h.mean():.0f})", "",
         size_table(dataset).to_string(), ""]
     edges = np.histogram_bin_edges(np.concatenate([w, h]), bins=8)
     counts, _ = np.histogram(np.maximum(w, h), bins=edges)
     lines.append("longer side histogram:")
-    for lo, hi, n in zip(edges[:-1], edges[1:], counts):
+    for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True):
         lines.append(f"  {lo:6.0f}–{hi:<6.0f} {n:>6} {'#' * int(40 * n / max(counts.max(), 1))}")
     lines.append("")
     if dataset.duplicates:

@@ -67,6 +67,6 @@ def compare(folds: pd.DataFrame, metrics=COMPARED) -> pd.DataFrame:
     if result.empty:
         return result
     result["p_holm"] = np.nan
-    for metric, part in result.groupby("metric"):
+    for _, part in result.groupby("metric"):
         result.loc[part.index, "p_holm"] = holm(part["p_corrected_t"].to_numpy())
     return result.sort_values(["metric", "p_corrected_t"]).reset_index(drop=True)

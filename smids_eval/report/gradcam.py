@@ -10,32 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import images_to_tensor, to_channels, to_float
-from ..config import profile_from_dict
 from ..models import VGG19Variant
 from ..variants import Variant
 
 
-def weights_spec(saved: dict) -> str:
-    """The ``weights`` argument that re-creates the saved model's conv weights."""
-    wid = str(saved.get("weights", "random"))
-    if wid == "random":
-        return "random"
-    if wid.startswith("imagenet"):
-        return "imagenet"
-    return str(saved["profile"]["model"]["weights"])  # a --weights-file path
+def load_fold_model(path: str | Path, init_seed: int | None = None) -> tuple[VGG19Variant, Variant]:
+    """The whole network of one saved fold on CPU in fp32 (eval mode) and its variant."""
+    from ..saved_model import build_engine
+    from ..saved_model import load_fold_model as load_saved
 
-
-def load_fold_model(path: str | Path, init_seed: int) -> tuple[VGG19Variant, Variant]:
-    """The whole network of one saved fold on CPU (eval mode) and its variant. ``init_seed`` is
-    the run's seed: with random weights the frozen prefix is redrawn from it, as in training."""
-    from ..engine import Engine
-
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    variant = Variant(**saved["variant"])
-    profile = profile_from_dict(saved["profile"]).replace(train={"precision": "fp32"})
-    engine = Engine(variant, profile, device="cpu", weights=weights_spec(saved),
-                    init_seed=init_seed, progress=False)
-    return engine.full_model(saved["suffix_state"]).float(), variant
+    saved = load_saved(Path(path))
+    engine = build_engine(saved, "cpu", None, Path(path), precision="fp32")
+    return engine.full_model(saved["suffix_state"]).float(), Variant(**saved["variant"])
 
 
 def model_input(images: np.ndarray, channels: str) -> torch.Tensor:
