@@ -246,8 +246,11 @@ class AcquisitionGrouper(ClusterMixin, BaseEstimator):
 
     Standardises :func:`acquisition_features`, down-weights everything but the background
     colour by ``secondary_weight`` (stain colour is the strongest acquisition cue; sharpness
-    and noise also vary with content), clusters with Ward linkage into ``n_groups`` groups,
-    then merges the groups of exact and near duplicates (:func:`near_duplicate_pairs`).
+    and noise also vary with content), collapses exact and near duplicates
+    (:func:`near_duplicate_pairs`) into one unit each (mean features), and clusters the units
+    with Ward linkage into ``n_groups`` groups. Duplicates therefore always share a group, and,
+    unlike merging clusters afterwards, one duplicate pair cannot chain whole clusters together
+    (on the real SMIDS copy that merged 4 clusters into one group of 1850 of 3000 images).
     Ward linkage is deterministic and fast, so ``seed`` has no effect; it is kept so callers
     can pass their run seed uniformly. After ``fit``: ``labels_`` (0..G-1, G <= ``n_groups``),
     ``n_groups_``, ``features_``, ``duplicate_pairs_``.
@@ -268,10 +271,14 @@ class AcquisitionGrouper(ClusterMixin, BaseEstimator):
         if len(images) == 0:
             raise ValueError("images is empty; there is nothing to group")
         self.features_ = acquisition_features(images)
-        clusters = self._cluster(self.features_)
         self.duplicate_pairs_ = near_duplicate_pairs(images, self.phash_threshold,
                                                      self.max_lowpass_rms)
-        self.labels_ = merge_groups(clusters, self.duplicate_pairs_)
+        units = merge_groups(np.arange(len(images)), self.duplicate_pairs_)
+        sums = np.zeros((units.max() + 1, self.features_.shape[1]))
+        np.add.at(sums, units, self.features_)
+        unit_features = sums / np.bincount(units)[:, None]
+        clusters = self._cluster(unit_features)[units]
+        self.labels_ = merge_groups(clusters, np.empty((0, 2), dtype=np.intp))
         self.n_groups_ = int(self.labels_.max()) + 1
         return self
 

@@ -138,7 +138,9 @@ def test_duplicates_are_forced_into_one_group(synthetic):
     n = len(images)
     assert grouper.labels_[a] == grouper.labels_[n] == grouper.labels_[n + 1]
     assert {(a, n), (a, n + 1), (n, n + 1)} <= set(map(tuple, grouper.duplicate_pairs_))
-    assert grouper.n_groups_ < len(set(unmerged))
+    # the duplicates joined one group without chaining the two clusters they came from
+    assert grouper.n_groups_ == len(set(unmerged))
+    assert len(set(grouper.labels_[:n][apart == apart[b]])) == 1
 
 
 def test_near_duplicates_found_without_false_pairs(synthetic):
