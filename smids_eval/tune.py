@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,12 +46,23 @@ def open_storage(storage: str | None, out_dir: Path):
     if "://" not in storage:
         raise ConfigError(f"--storage {storage!r} is neither an SQLAlchemy URL "
                           "(e.g. postgresql://user:pw@host/db) nor a journal file (*.journal)")
-    try:
-        return optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
-                                          heartbeat_interval=60, grace_period=180)
-    except Exception as exc:  # SQLAlchemy raises many types: report them all the same way
-        raise ConfigError(f"storage {storage!r} is unreachable or unusable: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" but long-standing
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
+                                                  heartbeat_interval=60, grace_period=180)
+        except (IntegrityError, ProgrammingError):
+            # workers starting together on a fresh database race to create Optuna's tables
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # SQLAlchemy raises many types: report them all the same way
+            raise ConfigError(f"storage {storage!r} is unreachable or unusable: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    raise AssertionError("unreachable")
 
 
 def study_name(variant: str, fold: int, profile: str, fingerprint: str, grouped: bool = True) -> str:
