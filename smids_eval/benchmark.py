@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.prog = "python -m smids_eval.benchmark"
     parser.description = __doc__
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
+    argv = sys.argv[1:] if argv is None else list(argv)  # reused for the random-split run
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -62,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         optimism = ctx.profile.benchmark.optimism_variant
         if optimism:
             log.info("grouping optimism: %s under a plain stratified split", optimism)
-            rargs = parser.parse_args([*(argv or []), "--split", "random", "--settings", "specified",
+            rargs = parser.parse_args([*argv, "--split", "random", "--settings", "specified",
                                        "--no-rf"])
             rargs.variant = [optimism]
             rctx = prepare(rargs)
             random_run = run_all(rctx, select_variants([optimism])).root
         throughput = None
         if ctx.profile.benchmark.throughput and not args.no_throughput:
-            throughput = run_throughput(run.root / "throughput.json")
+            throughput = run_throughput((run.root / "throughput.json").resolve())
         from .report.markdown import build_report
 
         report = build_report(run.root, dataset=ctx.dataset, random_split_run=random_run,

@@ -259,7 +259,7 @@ def run_all(ctx: Context, variants: list[Variant]) -> RunFolder:
             continue
         runner = FoldRunner(ctx, variant, rf_memo)
         for fold in pending:
-            bar.set_description(f"study {variant.name} fold {fold}/{ctx.plan.n_outer - 1}")
+            bar.set_description(f"study {variant.name} fold {fold} [0-{ctx.plan.n_outer - 1}]")
             runner.run(fold, bar)
     bar.close()
     write_tables(ctx.run, Path(ctx.args.out))

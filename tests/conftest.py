@@ -53,3 +53,16 @@ def tiny_folder(tmp_path) -> Path:
             m = "RGB" if name.endswith((".jpg", ".jpeg")) and mode in ("P", "RGBA") else mode
             write_image(root / folder / name, rng, m)
     return root
+
+
+def decoded_synthetic(folder: Path, n_images: int, seed: int, size: int = 32):
+    """A generated synthetic set decoded to size×size: (manifest DataFrame, uint8 images)."""
+    import pandas as pd
+
+    from smids_eval.data.synthetic import SPEC, generate
+
+    root = generate(folder / "smids", n_images=n_images, seed=seed, size_range=(size, size + 16))
+    manifest = pd.read_csv(root / SPEC.manifest_name)
+    images = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((size, size)))
+                       for p in manifest["path"]])
+    return manifest, images

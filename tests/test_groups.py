@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import decoded_synthetic
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from smids_eval.data.synthetic import SPEC, generate
 from smids_eval.errors import DataError
 from smids_eval.groups import (
     GROUPING_SOURCES,
@@ -28,11 +27,7 @@ PATHS = ["Normal_Sperm/a.bmp", "Abnormal_Sperm/b.bmp", "Non-Sperm/c.bmp"]
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
     """340 synthetic images from 17 donors decoded to 32x32; returns (images, donors)."""
-    root = generate(tmp_path_factory.mktemp("groups") / "smids", n_images=340, seed=5,
-                    size_range=(32, 48))
-    manifest = pd.read_csv(root / SPEC.manifest_name)
-    images = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((32, 32)))
-                       for p in manifest["path"]])
+    manifest, images = decoded_synthetic(tmp_path_factory.mktemp("groups"), n_images=340, seed=5)
     return images, manifest["donor"].to_numpy()
 
 

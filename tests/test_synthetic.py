@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import decoded_synthetic
 from PIL import Image
 from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -34,12 +35,7 @@ def spec_set(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def medium_set(tmp_path_factory) -> tuple[pd.DataFrame, np.ndarray]:
     """340 images from 17 donors, decoded to 32x32; returns (manifest, images)."""
-    root = generate(tmp_path_factory.mktemp("medium") / "smids", n_images=340, seed=3,
-                    size_range=(32, 48))
-    manifest = pd.read_csv(root / SPEC.manifest_name)
-    images = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((32, 32)))
-                       for p in manifest["path"]])
-    return manifest, images
+    return decoded_synthetic(tmp_path_factory.mktemp("medium"), n_images=340, seed=3)
 
 
 def test_same_seed_gives_identical_bytes(tmp_path):
