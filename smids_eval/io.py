@@ -53,3 +53,16 @@ def save_numpy(path: str | os.PathLike, **arrays) -> None:
 
     with atomic_open(path, "wb") as fh:
         np.savez(fh, **arrays)
+
+
+def load_torch(path: str | os.PathLike, *, weights_only: bool, what: str, remedy: str):
+    """``torch.load`` on the CPU; an unreadable file is a ConfigError naming it and the remedy."""
+    import torch
+
+    from .errors import ConfigError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise ConfigError(f"{what} {path} is not a readable torch checkpoint "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); {remedy}") from exc

@@ -6,22 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .config import Profile, profile_from_dict
 from .engine import Engine
 from .errors import ConfigError
+from .io import load_torch
 from .variants import Variant
 
 
 def load_fold_model(path: Path) -> dict:
     """One saved fold model (a dict written by ``smids_eval.fold``), checked for its keys."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ConfigError(f"model file {path} is unreadable ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); rerun that fold with python -m smids_eval.study "
-                          f"--force") from exc
+    saved = load_torch(path, weights_only=False, what="model file",
+                       remedy="rerun that fold with python -m smids_eval.study --force")
     needed = {"variant", "setting", "fold", "suffix_state", "profile", "weights", "artifacts",
               "provenance"}
     missing = sorted(needed - set(saved)) if isinstance(saved, dict) else sorted(needed)

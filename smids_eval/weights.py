@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .io import load_torch
 from .models import vgg19_features
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,8 @@ def load_weights_file(path: str | os.PathLike, width: float = 1.0) -> Weights:
         raise ConfigError(f"weights file {path} does not exist; pass a torchvision vgg19 state dict "
                           f"saved with torch.save(model.state_dict(), PATH)")
     raw = path.read_bytes()
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"weights file {path} is not a readable torch checkpoint "
-                          f"({exc.__class__.__name__}: {str(exc)[:200]}); re-save it with "
-                          f"torch.save(model.state_dict(), PATH)") from exc
+    obj = load_torch(path, weights_only=True, what="weights file",
+                     remedy="re-save it with torch.save(model.state_dict(), PATH)")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
