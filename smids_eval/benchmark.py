@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .errors import SmidsError
 from .study import build_parser, prepare, run_all
-from .variants import select_variants
 
 log = logging.getLogger("smids_eval.benchmark")
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         ctx = prepare(args)
-        run = run_all(ctx, select_variants(args.variant or ["all"]))
+        run = run_all(ctx)
         random_run = None
         optimism = ctx.profile.benchmark.optimism_variant
         if optimism:
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "--no-rf"])
             rargs.variant = [optimism]
             rctx = prepare(rargs)
-            random_run = run_all(rctx, select_variants([optimism])).root
+            random_run = run_all(rctx).root
         throughput = None
         if ctx.profile.benchmark.throughput and not args.no_throughput:
             throughput = run_throughput((run.root / "throughput.json").resolve())

@@ -179,5 +179,3 @@ class FoldRunner:
                    tune_best_inner_macro_f1=rf.best_score_)
         self._save(row, t0, test_idx, test_out, fold, "tuned", None, name=self.rf_name)
 
-
-__all__ = ["FoldRunner", "ModelOutputs"]

@@ -33,7 +33,7 @@ from .report.comparisons import compare
 from .report.leaderboard import merge_runs, summarise
 from .run_folder import RunFolder
 from .splits import SplitPlan, make_splits
-from .toml import load_toml
+from .toml import load_toml, loads
 from .tomlw import dumps
 from .tune import open_storage, study_name, tune
 from .variants import Variant, select_variants
@@ -92,6 +92,7 @@ class Context:
     """Everything one run shares across variants and folds."""
 
     args: argparse.Namespace
+    variants: list[Variant]
     profile: Profile
     dataset: Dataset
     groups: np.ndarray
@@ -152,7 +153,7 @@ def run_name(args, profile: Profile, dataset: Dataset) -> str:
 
 def prepare(args) -> Context:
     """Validate everything and lay out the run folder before any training starts."""
-    variants_check = select_variants(args.variant or ["all"])  # unknown names fail here
+    variants = select_variants(args.variant or ["all"])  # unknown names fail here
     settings = _parse_settings(args.settings)
     profile = resolve_profile(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
@@ -184,8 +185,7 @@ def prepare(args) -> Context:
         "run_data_source": dataset.source.origin, "run_data_fingerprint": dataset.fingerprint,
         "run_seed": args.seed,
     }
-    del variants_check
-    return Context(args, profile, dataset, groups, grouping, plan, run, storage, settings, far,
+    return Context(args, variants, profile, dataset, groups, grouping, plan, run, storage, settings, far,
                    provenance, cache_dir, progress=not args.no_progress)
 
 
@@ -193,17 +193,11 @@ def _check_config(run: RunFolder, config: dict) -> None:
     if not run.config.is_file():
         return
     old = load_toml(run.config)
-    fresh = load_toml_text(dumps(config))
+    fresh = loads(dumps(config))
     if old != fresh:
         diff = sorted(k for k in set(old) | set(fresh) if old.get(k) != fresh.get(k))
         raise ConfigError(f"run folder {run.root} was made with other settings (differs in: "
                           f"{', '.join(diff)}); pass another --run-name or --out, or delete it")
-
-
-def load_toml_text(text: str) -> dict:
-    from .toml import tomllib
-
-    return tomllib.loads(text)
 
 
 def far_ood_images(profile: Profile, args) -> dict[str, np.ndarray]:
@@ -225,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         ctx = prepare(args)
-        run_all(ctx, select_variants(args.variant or ["all"]))
+        run_all(ctx)
     except SmidsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -239,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- orchestration
 
 
-def run_all(ctx: Context, variants: list[Variant]) -> RunFolder:
+def run_all(ctx: Context) -> RunFolder:
     """Every variant × fold × setting not done yet (all of them with --force), then the CSVs."""
+    variants = ctx.variants
     from .fold import FoldRunner
 
     per_fold = len(ctx.settings) + (1 if ctx.profile.evaluate.rf and not ctx.args.no_rf else 0)

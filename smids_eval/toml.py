@@ -31,3 +31,8 @@ def load_toml(path: str | Path) -> dict:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file and rerun") from exc
+
+
+def loads(text: str) -> dict:
+    """Parse TOML text (used to compare a run's settings with its saved config.toml)."""
+    return tomllib.loads(text)
