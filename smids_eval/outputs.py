@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax in float64, shifted by the row maximum: the one softmax of the package
+    (model outputs, temperature scaling, report figures), so every probability agrees bit for bit."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass
@@ -17,6 +27,9 @@ class ModelOutputs:
     mc_probs:  (T, N, C) softmax probabilities of T MC-dropout passes, or None when the model
                has no dropout (no fake MC numbers)
     groups:    (N,) donor/group ids, or None
+
+    Treat an instance as immutable: ``probs`` is computed once and cached (read-only), so derive
+    new outputs with ``subset`` or ``evaluate.base.scaled`` instead of reassigning fields.
     """
 
     logits: np.ndarray
@@ -25,12 +38,13 @@ class ModelOutputs:
     mc_probs: np.ndarray | None = None
     groups: np.ndarray | None = None
 
-    @property
+    @cached_property
     def probs(self) -> np.ndarray:
-        z = self.logits.astype(np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        """``softmax(logits)``, computed on first access; read-only so no caller can alter the
+        cached copy that every scorer shares."""
+        p = softmax(self.logits)
+        p.flags.writeable = False
+        return p
 
     def __len__(self) -> int:
         return len(self.logits)

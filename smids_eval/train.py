@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .augment import DEFAULT_AUGMENT, N_PARAMS, AugmentConfig, augment, to_channels, to_float
 from .device import Runtime, compiled
 from .errors import ConfigError, TrainingDiverged
+from .f1 import macro_f1
 from .io import write_csv
 from .models import Suffix
 from .outputs import ModelOutputs
@@ -114,16 +115,6 @@ class ImageSource:
         return self._through_prefix(idx, None)
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 over all ``n_classes`` (absent classes count as 0)."""
-    scores = []
-    for c in range(n_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        denom = np.sum(y_pred == c) + np.sum(y_true == c)
-        scores.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(scores))
-
-
 def make_optimizer(params, hyper: Hyper, momentum: float = 0.9) -> torch.optim.Optimizer:
     name = hyper.optimizer.lower()
     if name == "adam":
@@ -161,7 +152,7 @@ def _evaluate(suffix: Suffix, source, y: torch.Tensor, batch_size: int, runtime:
     loss = F.cross_entropy(z, y).item()
     pred = z.argmax(1).numpy()
     y_np = y.numpy()
-    return loss, float(np.mean(pred == y_np)), macro_f1(y_np, pred, n_classes)
+    return loss, float(np.mean(pred == y_np)), macro_f1(y_np, pred, n_classes, absent=0.0)
 
 
 def fit(suffix: Suffix, train, y_train: np.ndarray, val, y_val: np.ndarray, hyper: Hyper, *,

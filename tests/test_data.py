@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from smids_eval import CLASSES
+from smids_eval.cli import module_main
 from smids_eval.data import cache, canonical_class, load_dataset, load_folder
-from smids_eval.data.__main__ import main as data_main
+from smids_eval.data.decode import decode_image
+from smids_eval.data.scan import IMAGE_SUFFIXES, folder_files, image_files
 from smids_eval.errors import DataError
 
 
@@ -51,6 +53,28 @@ def test_changed_content_changes_fingerprint(tiny_folder, tmp_path):
     after = load_folder(tiny_folder, size=16, cache_dir=tmp_path / "c")
     assert after.fingerprint != before
     assert ["normal/a.png", "normal/z.png"] in after.duplicates
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_SUFFIXES))
+def test_every_accepted_suffix_decodes(tmp_path, suffix):
+    """IMAGE_SUFFIXES promises only what decode_image can read (palette, alpha, RGB)."""
+    from PIL import Image
+
+    mode = "P" if suffix == ".gif" else "RGBA" if suffix in {".png", ".webp", ".tif", ".tiff"} else "RGB"
+    path = tmp_path / f"x{suffix.upper()}"
+    Image.new(mode, (30, 20), 120).save(path, format=Image.registered_extensions()[suffix])
+    pixels, original = decode_image(path, 8)
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8 and original == (30, 20)
+
+
+def test_folder_files_are_sorted_recursive_and_skip_hidden(tmp_path):
+    for rel in ["b/z.png", "a.PNG", "a.txt", ".hidden.png", "Thumbs.db", ".cache/c.png",
+                "b/.d/e.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    listed = [p.relative_to(tmp_path).as_posix() for p in folder_files(tmp_path)]
+    assert listed == ["a.PNG", "a.txt", "b/z.png"]
+    assert [p.name for p in image_files(tmp_path)] == ["a.PNG", "z.png"]
 
 
 def test_missing_directory(tmp_path):
@@ -110,16 +134,16 @@ def test_source_order(tiny_folder, tmp_path, monkeypatch):
 
 
 def test_report_cli(tiny_folder, capsys):
-    assert data_main(["--report", "--data-dir", str(tiny_folder), "--size", "8"]) == 0
+    assert module_main("data", ["--report", "--data-dir", str(tiny_folder), "--size", "8"]) == 0
     out = capsys.readouterr().out
     assert "images per class" in out and "Normal_Sperm" in out and "image sizes" in out
-    assert data_main(["--report", "--data-dir", str(tiny_folder / "nope")]) == 2
+    assert module_main("data", ["--report", "--data-dir", str(tiny_folder / "nope")]) == 2
     assert "data directory not found" in capsys.readouterr().err
 
 
 @pytest.mark.real_data
 def test_report_on_real_copy(real_smids, capsys):
-    assert data_main(["--report", "--data-dir", str(real_smids), "--size", "32"]) == 0
+    assert module_main("data", ["--report", "--data-dir", str(real_smids), "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert "images: 3000" in out
     assert "Normal_Sperm      1021" in out and "Abnormal_Sperm    1005" in out

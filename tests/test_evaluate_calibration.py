@@ -3,6 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
 from smids_eval.evaluate.calibration import (  # noqa: E402
@@ -53,5 +54,14 @@ def test_reliability_plot_draws_filled_bins():
     assert ax.get_title() == "raw" and len(ax.patches) > 0
     assert "ECE" in ax.get_legend().get_texts()[0].get_text()
     plt.close(fig)
-    assert calibration_errors(out.probs, out.labels)["mce"] >= calibration_errors(
-        out.probs, out.labels)["ece"]
+
+
+def test_calibration_errors_match_a_hand_computed_example():
+    """Two filled bins: 4 crops at confidence 0.9 (3 right), 2 at 0.7 (1 right)."""
+    conf = np.array([0.9, 0.9, 0.9, 0.9, 0.7, 0.7])
+    probs = np.stack([conf, (1 - conf) / 2, (1 - conf) / 2], axis=1)
+    labels = np.array([0, 0, 0, 1, 0, 2])
+    gaps = {0.9: abs(3 / 4 - 0.9), 0.7: abs(1 / 2 - 0.7)}
+    res = calibration_errors(probs, labels)
+    assert res["ece"] == pytest.approx((4 * gaps[0.9] + 2 * gaps[0.7]) / 6)
+    assert res["mce"] == pytest.approx(max(gaps.values()))

@@ -88,3 +88,18 @@ def test_confidence_artifacts_apply_and_pickle(rf_outputs):
     mc[0] = np.roll(mc[0], 1, axis=1)
     with_mc = ModelOutputs(o["test"].logits, o["test"].features, o["test"].labels, mc)
     assert (art.apply(with_mc)["mc_mi"] >= 0).all()
+
+
+def test_confidence_artifacts_reuse_the_folds_fitted_temperature(rf_outputs):
+    _, o = rf_outputs
+    res = evaluate_fold(o["train"], o["val"], o["test"], ood_sets={}, shifted={},
+                        config=EvalConfig())
+    refit = fit_confidence_artifacts(o["train"], o["val"], EvalConfig())
+    reused = fit_confidence_artifacts(o["train"], o["val"], EvalConfig(),
+                                      temperature=res["cal_temperature"])
+    assert reused.temperature == refit.temperature == res["cal_temperature"]
+    assert reused.confidence_threshold == refit.confidence_threshold
+    # the given temperature is used as is, not refitted
+    other = fit_confidence_artifacts(o["train"], o["val"], EvalConfig(),
+                                     temperature=2 * res["cal_temperature"])
+    assert other.temperature == 2 * res["cal_temperature"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,16 +83,23 @@ def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path, backend
     procs = [subprocess.Popen([sys.executable, WORKER, url, name, str(n_trials)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
+    evaluated = {}  # worker pid -> params its objective was called with, as printed by it
     for p in procs:
         out, _ = p.communicate(timeout=240)
         assert p.returncode == 0, out
+        evaluated[p.pid] = sorted(line.split(" ", 1)[1] for line in out.splitlines()
+                                  if line.startswith("EVALUATED "))
     study = optuna.load_study(study_name=name, storage=open_storage(url, tmp_path))
     trials = study.get_trials(states=FINISHED)
     # the budget is shared: at most one extra trial per worker racing at the very end
     assert n_trials <= len(trials) <= n_trials + 1
     assert all(t.state in FINISHED for t in study.trials)  # no orphaned RUNNING trial
-    assert len({t.number for t in trials}) == len(trials)
-    workers = {t.user_attrs["worker"] for t in trials}
-    assert len(workers) == 2  # both processes worked on the study
+    # each finished trial was evaluated by exactly one worker, the one Optuna recorded, and no
+    # worker evaluated a point that is not a finished trial of the study
+    owner = {pid: sorted(json.dumps(t.params, sort_keys=True) for t in trials
+                         if t.user_attrs["worker"].endswith(f":{pid}")) for pid in evaluated}
+    assert evaluated == owner
+    assert sum(len(v) for v in evaluated.values()) == len(trials)
+    assert all(evaluated.values())  # both processes worked on the study
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == len(params)  # no point was evaluated twice

@@ -31,5 +31,9 @@ def class_index(name: str) -> int:
 
 
 def class_slug(name: str) -> str:
-    """Column-safe slug: ``Non-Sperm`` → ``non_sperm``."""
+    """Column-safe slug: ``Non-Sperm`` → ``non_sperm`` (result keys and CSV column names)."""
     return name.lower().replace("-", "_")
+
+
+#: slugs of ``CLASSES``, in class order: the one list every column name is built from
+SLUGS = tuple(class_slug(c) for c in CLASSES)

@@ -34,6 +34,18 @@ def read_image(path: str | Path) -> Image.Image:
         return to_rgb(im)
 
 
+#: what ``decode_image`` raises for a corrupt, truncated, foreign or oversized file
+DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def decode_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image file as (size, size, 3) uint8 RGB (bilinear resize) plus its original
+    (width, height): the one decoding of the data set, far-OOD folders and predict.py, so a
+    model sees new images exactly as it saw its training images."""
+    im = read_image(path)
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR)), im.size
+
+
 def decode_files(root: Path, relpaths: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode files to (N, size, size, 3) uint8 plus their original (width, height).
 
@@ -45,12 +57,10 @@ def decode_files(root: Path, relpaths: list[str], size: int) -> tuple[np.ndarray
     for i, rel in enumerate(relpaths):
         path = root / rel
         try:
-            im = read_image(path)
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            images[i], original[i] = decode_image(path, size)
+        except DECODE_ERRORS as exc:
             broken.append(f"{path} ({type(exc).__name__}: {exc})")
             continue
-        original[i] = im.size
-        images[i] = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR))
     if broken:
         raise DataError("corrupt or unreadable image files; re-export or remove them:\n"
                         + listing(broken))

@@ -1,4 +1,7 @@
-"""Find the images of an SMIDS-style folder (one subfolder per class) and validate the layout."""
+"""Find the images of an SMIDS-style folder (one subfolder per class) and validate the layout.
+
+Owns the image-file rules every reader shares (data set, ``--ood-dir`` folders, predict.py):
+``IMAGE_SUFFIXES`` and ``folder_files`` / ``image_files``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from .. import CLASSES
 from ..errors import DataError
 from .classes import canonical_class, class_index
 
-IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+#: every suffix ``decode.read_image`` (Pillow + ``to_rgb``) turns into RGB; a test decodes each.
+#: GIF (first frame, palette → RGB) and WebP are kept: far-OOD folders accepted them before.
+IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
 _MAX_LISTED = 25
 
 
@@ -28,8 +33,27 @@ def listing(paths: list[str]) -> str:
     return shown + more
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name in {"Thumbs.db", "desktop.ini"}
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in {"Thumbs.db", "desktop.ini"}
+
+
+def is_image_file(path: Path) -> bool:
+    """True when the suffix (any case) is one of ``IMAGE_SUFFIXES``."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def folder_files(folder: str | Path) -> list[Path]:
+    """Every file under ``folder``, recursive and sorted, skipping hidden ones: a name starting
+    with '.' (also any folder on the way, e.g. ``.ipynb_checkpoints``), Thumbs.db, desktop.ini.
+    Non-image files are kept so callers can report them."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(_is_hidden(part) for part in p.relative_to(folder).parts))
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files of ``folder`` (``folder_files`` with an image suffix)."""
+    return [p for p in folder_files(folder) if is_image_file(p)]
 
 
 def scan_folder(root: str | Path) -> list[ImageFile]:
@@ -41,7 +65,7 @@ def scan_folder(root: str | Path) -> list[ImageFile]:
                         f"subfolder per class: {', '.join(CLASSES)}.")
     class_dirs: dict[str, Path] = {}
     problems: list[str] = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p)):
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
         name = canonical_class(sub.name)
         if name is None:
             problems.append(f"unknown class folder {sub} (expected one of {', '.join(CLASSES)}, "
@@ -57,9 +81,9 @@ def scan_folder(root: str | Path) -> list[ImageFile]:
     files: list[ImageFile] = []
     bad_type, empty_files, empty_classes = [], [], []
     for name, folder in class_dirs.items():
-        entries = sorted(p for p in folder.rglob("*") if p.is_file() and not _is_hidden(p))
-        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        bad_type += [str(p) for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+        entries = folder_files(folder)
+        images = [p for p in entries if is_image_file(p)]
+        bad_type += [str(p) for p in entries if not is_image_file(p)]
         if not images:
             empty_classes.append(str(folder))
         for path in images:

@@ -11,8 +11,9 @@ import pandas as pd
 
 from .. import CLASSES
 from ..config import EvalConfig
+from ..data.classes import SLUGS, class_slug
 from ..outputs import ModelOutputs
-from .base import SLUGS, Scorer, class_slug, scaled
+from .base import Scorer, scaled
 from .calibration import CalibrationScorer, TemperatureScaler
 from .conformal import ConformalPredictor, ConformalScorer
 from .mc_dropout import MCDropoutScorer, mutual_information
@@ -37,7 +38,8 @@ def evaluate_fold(train: ModelOutputs | None, val: ModelOutputs, test: ModelOutp
     """Every scorer in ``SCORERS`` fitted on (train, val) and scored on ``test``; OOD metrics of
     every applicable detector for each of ``ood_sets`` against ``test``; accuracy and drop for
     each of ``shifted`` (keys ``"<shift>_s<k>"``, labelled copies of test images). Pass shifted
-    sets in ``ood_sets`` too to get their detection metrics."""
+    sets in ``ood_sets`` too to get their detection metrics. ``cal_temperature`` is the fold's
+    temperature fitted on ``val``: pass it on to ``fit_confidence_artifacts``."""
     res: dict[str, float] = {}
     for scorer in SCORERS.values():
         res.update(scorer.from_config(config).fit(train, val).score(test))
@@ -90,11 +92,17 @@ class ConfidenceArtifacts:
 
 
 def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, config: EvalConfig,
-                             *, detector: str = "knn", alpha: float = 0.1) -> ConfidenceArtifacts:
+                             *, detector: str = "knn", alpha: float = 0.1,
+                             temperature: float | None = None) -> ConfidenceArtifacts:
     """Temperature, OOD detector (+ 95%-keep threshold), conformal LAC qhat at ``alpha`` and the
     selective threshold at ``config.risk_target``, all fitted on this fold's train/val outputs.
-    Falls back to ``msp`` when ``detector`` needs training outputs and ``train`` is None."""
-    temperature = TemperatureScaler().fit(val.logits, val.labels).temperature_
+    Falls back to ``msp`` when ``detector`` needs training outputs and ``train`` is None.
+
+    ``temperature``: the fold's already fitted temperature (``evaluate_fold``'s
+    ``cal_temperature``, fitted on the same ``val``), so a fold fits T once and its reported
+    calibration and its saved model use the same value; None fits it here the same way."""
+    if temperature is None:
+        temperature = TemperatureScaler().fit(val.logits, val.labels).temperature_
     cal_val = scaled(val, temperature)
     if DETECTORS[detector].requires_train and train is None:
         detector = "msp"

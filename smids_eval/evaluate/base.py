@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-from scipy.special import softmax
-
 from .. import CLASSES
 from ..config import EvalConfig
 from ..outputs import ModelOutputs
 
-
-def class_slug(name: str) -> str:
-    """``Non-Sperm`` -> ``non_sperm`` (used in result keys and column names)."""
-    return name.lower().replace("-", "_")
-
-
-SLUGS = tuple(class_slug(c) for c in CLASSES)
 N_CLASSES = len(CLASSES)
 
 
@@ -23,10 +13,6 @@ def scaled(outputs: ModelOutputs, temperature: float) -> ModelOutputs:
     """Copy of ``outputs`` with logits divided by ``temperature`` (MC samples untouched)."""
     return ModelOutputs(logits=outputs.logits / temperature, features=outputs.features,
                         labels=outputs.labels, mc_probs=outputs.mc_probs, groups=outputs.groups)
-
-
-def probs_from_logits(logits: np.ndarray) -> np.ndarray:
-    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
 
 
 class Scorer:

@@ -19,8 +19,8 @@ from netcal.scaling import TemperatureScaling
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from ..outputs import ModelOutputs
-from .base import Scorer, probs_from_logits
+from ..outputs import ModelOutputs, softmax
+from .base import Scorer
 
 BINS = 15
 
@@ -64,7 +64,7 @@ class TemperatureScaler:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ts = TemperatureScaling(method="mle", detection=False, use_cuda=False)
-                ts.fit(probs_from_logits(logits), labels)
+                ts.fit(softmax(logits), labels)
                 weight = float(np.asarray(ts.temperature).ravel()[0])
         except Exception:  # noqa: BLE001 - any netcal failure falls back to the scipy path
             return float("nan")
@@ -72,7 +72,7 @@ class TemperatureScaler:
 
     def transform(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N, C)."""
-        return probs_from_logits(np.asarray(logits, dtype=np.float64) / self.temperature_)
+        return softmax(np.asarray(logits, dtype=np.float64) / self.temperature_)
 
 
 class CalibrationScorer(Scorer):

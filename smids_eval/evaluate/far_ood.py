@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..data.decode import DECODE_ERRORS, decode_image
+from ..data.scan import IMAGE_SUFFIXES, image_files
 from ..errors import DataError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
 
 def _texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,19 +69,18 @@ class FolderImages(NamedTuple):
 
 
 def load_folder(path, size: int) -> FolderImages:
-    """All images under ``path`` (recursive, sorted), RGB, resized to ``size`` x ``size``.
-    Unreadable files are skipped with a warning; DataError if none is readable."""
+    """All images under ``path`` (``data.scan.image_files``: recursive, sorted, hidden files
+    skipped), decoded exactly like the data set (``data.decode.decode_image``). Unreadable files
+    are skipped with a warning; DataError if none is readable."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"OOD folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     images, paths, skipped = [], [], []
-    for f in files:
+    for f in image_files(root):
         try:
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            images.append(decode_image(f, size)[0])
             paths.append(f)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except DECODE_ERRORS as exc:
             skipped.append(f"{f}: {exc}")
     if not images:
         listed = "\n  ".join(skipped) if skipped else "(no files with suffix " \

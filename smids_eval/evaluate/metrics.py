@@ -8,8 +8,10 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
+from ..data.classes import SLUGS
+from ..f1 import macro_f1
 from ..outputs import ModelOutputs
-from .base import N_CLASSES, SLUGS, Scorer
+from .base import N_CLASSES, Scorer
 
 _LABELS = list(range(N_CLASSES))
 
@@ -51,8 +53,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
         res = {
             "cls_accuracy": float(skm.accuracy_score(labels, pred)),
             "cls_balanced_accuracy": float(skm.balanced_accuracy_score(labels, pred)),
-            "cls_macro_f1": float(skm.f1_score(labels, pred, labels=_LABELS, average="macro",
-                                               zero_division=np.nan)),
+            "cls_macro_f1": macro_f1(labels, pred, N_CLASSES, absent=np.nan),
         }
         precision, recall, f1, _ = skm.precision_recall_fscore_support(
             labels, pred, labels=_LABELS, zero_division=np.nan)

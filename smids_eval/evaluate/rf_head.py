@@ -7,23 +7,18 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
+from ..config import EvalConfig
 from ..outputs import ModelOutputs
 from .base import N_CLASSES
 
-#: small grid (8 candidates) so a fold fits in seconds on CPU
-DEFAULT_GRID = {
-    "n_estimators": [150],
-    "max_depth": [None, 12],
-    "min_samples_leaf": [1, 4],
-    "max_features": ["sqrt", "log2"],
-}
 EPS = 1e-6
 
 
 class RandomForestHead:
     """``fit(features, labels, groups)`` runs ``GridSearchCV`` (macro-F1) over ``param_grid``
     with ``StratifiedGroupKFold`` on ``groups`` (``StratifiedKFold`` when groups is None or has
-    too few donors) and refits the best forest on all data. Learned: ``best_params_``,
+    too few donors) and refits the best forest on all data. Without ``param_grid`` the grid is
+    ``EvalConfig().rf_grid()`` (the config owns the defaults). Learned: ``best_params_``,
     ``best_score_``, ``forest_``."""
 
     def __init__(self, param_grid: dict | None = None, inner_folds: int = 2, n_jobs: int = 1,
@@ -43,7 +38,7 @@ class RandomForestHead:
                                          random_state=self.random_state), None
         search = GridSearchCV(
             RandomForestClassifier(random_state=self.random_state, n_jobs=self.n_jobs),
-            self.param_grid or DEFAULT_GRID, scoring="f1_macro", cv=cv, n_jobs=1, refit=True,
+            self.param_grid or EvalConfig().rf_grid(), scoring="f1_macro", cv=cv, n_jobs=1, refit=True,
             error_score=np.nan)
         search.fit(x, y, groups=groups)
         self.best_params_ = search.best_params_

@@ -18,14 +18,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
-from ..data import class_slug  # noqa: E402
+from ..data.classes import SLUGS  # noqa: E402
 from ..evaluate.calibration import plot_reliability  # noqa: E402
 from ..evaluate.ood import DETECTORS  # noqa: E402
 from ..evaluate.selective import risk_coverage_curve  # noqa: E402
 from ..io import atomic_open  # noqa: E402
+from ..naming import RF_SUFFIX, arm_label, from_dir_name, is_rf  # noqa: E402
+from ..outputs import softmax  # noqa: E402
 
-SLUGS = [class_slug(c) for c in CLASSES]
-RF_SUFFIX = "+RF"
 DPI = 110
 sns.set_theme(style="whitegrid", context="paper")
 
@@ -42,18 +42,7 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
-def arm(variant: str, setting: str) -> str:
-    """One (variant, setting) label, spelled as in comparisons.csv."""
-    return f"{variant} [{setting}]"
-
-
-def is_rf(variant: str) -> bool:
-    return str(variant).endswith(RF_SUFFIX)
-
-
-def unsafe(name: str) -> str:
-    """Run-folder directory name → variant name (inverse of ``run_folder._safe``)."""
-    return name.replace("_plus_", "+")
+arm = arm_label  # short alias used throughout the figures
 
 
 def load_predictions(root: str | Path) -> pd.DataFrame:
@@ -71,7 +60,7 @@ def load_histories(root: str | Path) -> pd.DataFrame:
         m = re.fullmatch(r"fold(\d+)-(.+)\.csv", f.name)
         if m and f.stat().st_size > 0:
             h = pd.read_csv(f)
-            frames.append(h.assign(variant=unsafe(f.parent.name), fold=int(m[1]), setting=m[2]))
+            frames.append(h.assign(variant=from_dir_name(f.parent.name), fold=int(m[1]), setting=m[2]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -85,10 +74,8 @@ def label_index(names: pd.Series) -> np.ndarray:
 
 def temperature_scaled(probs: np.ndarray, temperature: np.ndarray) -> np.ndarray:
     """softmax(log p / T) row by row (``temperature`` broadcast per row)."""
-    z = np.log(np.clip(probs, 1e-12, 1.0)) / np.asarray(temperature, dtype=float).reshape(-1, 1)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(np.log(np.clip(probs, 1e-12, 1.0))
+                   / np.asarray(temperature, dtype=float).reshape(-1, 1))
 
 
 def _subplots(*args, **kwargs):
