@@ -1,25 +1,53 @@
-"""Read TOML files from ``studies/`` with errors that name the file."""
+"""Read TOML files (the configs in ``studies/``) with errors that name the file."""
 
 from __future__ import annotations
 
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
+from .layout import source_root
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: The repository's declarative configs. Overridable with SMIDS_STUDIES_DIR.
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-
 
 def studies_dir() -> Path:
-    import os
+    """The declarative configs (``variants.toml``, ``search_space.toml``, ``profiles/*.toml``).
 
-    return Path(os.environ.get("SMIDS_STUDIES_DIR", STUDIES_DIR))
+    ``SMIDS_STUDIES_DIR`` when set; else the repository's ``studies/`` (a source checkout or an
+    editable install: edits there take effect at once); else the copy shipped in the wheel as the
+    data package ``smids_eval.studies`` (pyproject maps that package onto ``studies/``).
+    """
+    override = os.environ.get("SMIDS_STUDIES_DIR")
+    if override:
+        return Path(override)
+    root = source_root()
+    if root is not None:
+        return root / "studies"
+    installed = _installed_studies()
+    if installed is None:
+        raise ConfigError("cannot find the study configs (studies/): this smids_eval is neither a "
+                          "source checkout nor a complete install; set SMIDS_STUDIES_DIR to a "
+                          "folder holding variants.toml, search_space.toml and profiles/")
+    return installed
+
+
+def _installed_studies() -> Path | None:
+    try:
+        folder = resources.files("smids_eval.studies")
+    except ModuleNotFoundError:
+        return None
+    # Wheels install as plain files. The data package has no __init__.py, so files() gives a
+    # namespace MultiplexedPath rather than a Path; a file joined onto either is a pathlib.Path.
+    anchor = folder / "variants.toml"
+    if isinstance(anchor, Path) and anchor.is_file():
+        return anchor.parent
+    return None
 
 
 def load_toml(path: str | Path) -> dict:
