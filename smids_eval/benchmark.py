@@ -1,14 +1,13 @@
-"""``python -m smids_eval.benchmark`` (what ``tox -e benchmark`` runs): the whole study.
+"""``run_benchmark(StudyConfig)`` (what ``tox -e benchmark`` runs): the whole study.
 
-1. every variant under donor-grouped k-fold CV, specified and tuned settings, evaluation layer,
-   random-forest head (``smids_eval.study``);
+1. every variant under grouped k-fold CV, specified and tuned settings, evaluation layer,
+   random-forest head (``run_study``);
 2. the profile's ``optimism_variant`` again under a plain stratified split, to show the optimism
-   that donor grouping removes;
+   that grouping removes;
 3. the pytest-benchmark throughput suite (JSON saved in the run folder);
 4. the report (``report.md`` + figures) and the leaderboard CSVs.
 
 Profile ``auto``: full on CUDA, quick on CPU. Data: ``--data-dir`` > ``SMIDS_DATA_DIR`` > synthetic.
-Extra options are passed to the study (e.g. ``--folds 17`` or ``--storage URL``).
 """
 
 from __future__ import annotations
@@ -17,72 +16,69 @@ import logging
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SmidsError
-from .study import build_parser, prepare, run_all
+from .layout import source_root
+from .study import StudyResult, prepare, run_prepared
+from .study_config import StudyConfig
 
 log = logging.getLogger("smids_eval.benchmark")
-REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BenchmarkResult:
+    study: StudyResult
+    random_split: StudyResult | None
+    throughput_json: Path | None
+    report: Path
+    minutes: float
 
 
 def run_throughput(json_path: Path) -> Path | None:
     """The pytest-benchmark suite in ``benchmark/`` (when the repository is at hand)."""
-    suite = REPO / "benchmark"
-    if not suite.is_dir():
+    root = source_root()
+    suite = root / "benchmark" if root is not None else None
+    if suite is None or not suite.is_dir():
         log.warning("benchmark/ suite not found next to the package: throughput not measured")
         return None
     cmd = [sys.executable, "-m", "pytest", str(suite), "--benchmark-only", "-q", "-p",
            "no:cacheprovider", f"--benchmark-json={json_path}", "--benchmark-columns=min,mean,rounds"]
     log.info("throughput suite: %s", " ".join(cmd))
-    done = subprocess.run(cmd, cwd=REPO)
+    done = subprocess.run(cmd, cwd=root)
     if done.returncode != 0:
         log.warning("throughput suite exit %d: a speed target was missed or a benchmark failed "
                     "(see above)", done.returncode)
     return json_path if json_path.is_file() else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.prog = "python -m smids_eval.benchmark"
-    parser.description = __doc__
-    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
-    argv = sys.argv[1:] if argv is None else list(argv)  # reused for the random-split run
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    import optuna
+def run_benchmark(config: StudyConfig, throughput: bool = True) -> BenchmarkResult:
+    """The study, its random-split twin, the throughput suite and the report."""
+    from .report.markdown import build_report
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
-    try:
-        ctx = prepare(args)
-        run = run_all(ctx)
-        random_run = None
-        optimism = ctx.profile.benchmark.optimism_variant
-        if optimism:
-            log.info("grouping optimism: %s under a plain stratified split", optimism)
-            rargs = parser.parse_args([*argv, "--split", "random", "--settings", "specified",
-                                       "--no-rf"])
-            rargs.variant = [optimism]
-            rctx = prepare(rargs)
-            random_run = run_all(rctx).root
-        throughput = None
-        if ctx.profile.benchmark.throughput and not args.no_throughput:
-            throughput = run_throughput((run.root / "throughput.json").resolve())
-        from .report.markdown import build_report
-
-        report = build_report(run.root, dataset=ctx.dataset, random_split_run=random_run,
-                              throughput_json=throughput)
-    except SmidsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished folds are saved; rerun to resume", file=sys.stderr)
-        return 130
-    log.info("benchmark done in %.1f min: %s", (time.perf_counter() - t0) / 60, report)
-    return 0
+    ctx = prepare(config)
+    study = run_prepared(ctx)
+    random_split = None
+    optimism = ctx.profile.benchmark.optimism_variant
+    if optimism:
+        log.info("grouping optimism: %s under a plain stratified split", optimism)
+        random_split = run_prepared(prepare(config.replace(
+            split="random", settings=("specified",), rf=False, variants=(optimism,))))
+    throughput_json = None
+    if ctx.profile.benchmark.throughput and throughput:
+        throughput_json = run_throughput(study.run.throughput.resolve())
+    report = build_report(study.run.root, dataset=ctx.dataset,
+                          random_split_run=random_split.run.root if random_split else None,
+                          throughput_json=throughput_json)
+    minutes = (time.perf_counter() - t0) / 60
+    log.info("benchmark done in %.1f min: %s", minutes, report)
+    return BenchmarkResult(study, random_split, throughput_json, report, minutes)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys
+
+    from smids_eval.cli import module_main
+
+    sys.exit(module_main("benchmark"))

@@ -1,4 +1,4 @@
-"""``python -m smids_eval.predict``: classify new sperm crops with a finished run's fold models.
+"""Classify new sperm crops with a finished run's fold models (``python -m smids_eval.predict``).
 
 Each fold model of the chosen variant and setting (``RUN/models/<variant>/fold<k>-<setting>.pt``)
 is rebuilt exactly as trained (same backbone weights and, for random weights, the same run seed
@@ -22,35 +22,32 @@ With one fold (``--fold K``) the row is exactly that fold's output.
 
 Output: one CSV row per input path (files in folders are found recursively; hidden files are
 skipped). status is ``ok``, ``unreadable`` (corrupt, empty or missing file; see ``error``) or
-``not_an_image`` (extension not one of .bmp .png .jpg .jpeg .tif .tiff); those rows have empty
+``not_an_image`` (extension not in ``data.scan.IMAGE_SUFFIXES``); those rows have empty
 prediction columns and never stop the batch. Model files are pickles: only use run folders you
 trust.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from . import CLASSES
-from .data.decode import read_image
-from .data.scan import IMAGE_SUFFIXES
+from .data.classes import SLUGS
+from .data.decode import decode_image
+from .data.scan import IMAGE_SUFFIXES, folder_files, is_image_file
 from .engine import Engine
-from .errors import ConfigError, SmidsError
-from .evaluate.base import SLUGS
-from .io import write_csv
-from .run_folder import RunFolder, _safe
-from .saved_model import build_engine, check_state, load_fold_model
+from .errors import ConfigError
+from .naming import SETTINGS as _SETTINGS
+from .run_folder import RunFolder
+from .saved_model import build_engine, check_state
 
 log = logging.getLogger("smids_eval.predict")
-SETTINGS = ("tuned", "specified")
+SETTINGS = tuple(reversed(_SETTINGS))  # "tuned" first: the default
 OK, UNREADABLE, NOT_AN_IMAGE = "ok", "unreadable", "not_an_image"
 PROB_COLUMNS = [f"prob_{s}" for s in SLUGS]
 COLUMNS = ["path", "status", "error", "predicted_class", *PROB_COLUMNS, "max_prob", "mc_mi",
@@ -59,69 +56,16 @@ COLUMNS = ["path", "status", "error", "predicted_class", *PROB_COLUMNS, "max_pro
 BATCH = 256  # images decoded and predicted at a time (bounds memory on large folders)
 
 
-# --------------------------------------------------------------------------- run folder
-
-
-def available_variants(run: Path) -> list[str]:
-    """Variants with at least one saved model in ``run/models`` (RF heads have none)."""
-    models = run / "models"
-    if not models.is_dir():
-        return []
-    return sorted(d.name.replace("_plus_", "+") for d in models.iterdir()
-                  if d.is_dir() and any(d.glob("fold*-*.pt")))
-
-
-def model_files(run: Path, variant: str, setting: str, fold: int | None) -> list[Path]:
-    """The model files to use; a ConfigError says what exists when the request does not."""
-    if not run.is_dir():
-        raise ConfigError(f"run folder {run} does not exist; pass --run with a folder written by "
-                          f"python -m smids_eval.study (e.g. results/<run-name>)")
-    variants = available_variants(run)
-    if not variants:
-        raise ConfigError(f"{run} has no saved models under models/; is it a finished study run "
-                          f"folder? (only neural variants save models, not +RF heads)")
-    if variant not in variants:
-        hint = " (random-forest heads save no model)" if variant.endswith("+RF") else ""
-        raise ConfigError(f"variant {variant!r} has no models in {run / 'models'}{hint}; "
-                          f"available: {', '.join(variants)}")
-    folder = RunFolder(run).model(variant, 0, setting).parent
-    found = {}
-    for path in folder.glob("fold*-*.pt"):
-        k, _, s = path.stem.removeprefix("fold").partition("-")
-        if k.isdigit():
-            found.setdefault(s, {})[int(k)] = path
-    if setting not in found:
-        raise ConfigError(f"variant {variant} has no {setting!r} models in {folder}; available "
-                          f"settings: {', '.join(sorted(found))} (pass --setting)")
-    folds = found[setting]
-    if fold is not None:
-        if fold not in folds:
-            raise ConfigError(f"variant {variant} has no fold {fold} ({setting}) in {folder}; "
-                              f"available folds: {', '.join(map(str, sorted(folds)))} or all")
-        return [folds[fold]]
-    return [folds[k] for k in sorted(folds)]
-
-
 # --------------------------------------------------------------------------- inputs
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named directly plus every non-hidden file under named folders (sorted), once each."""
+    """Files named directly plus every file of named folders (``data.scan.folder_files``:
+    recursive, sorted, hidden skipped; non-images kept to be reported), once each."""
     out: dict[Path, None] = {}
     for p in map(Path, paths):
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p).parts
-                if f.is_file() and not any(part.startswith(".") for part in rel):
-                    out[f] = None
-        else:
-            out[p] = None
+        out.update(dict.fromkeys(folder_files(p) if p.is_dir() else [p]))
     return list(out)
-
-
-def decode(path: Path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8, exactly as ``smids_eval.data.decode.decode_files`` decodes."""
-    return np.asarray(read_image(path).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _status_row(path: Path, status: str, error: str = "") -> dict:
@@ -132,14 +76,14 @@ def read_batch(paths: list[Path], size: int) -> tuple[list[dict], list[int], np.
     """Rows for every path, the indices that decoded, and their (n, size, size, 3) images."""
     rows, good, images = [], [], []
     for i, path in enumerate(paths):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image_file(path):
             msg = ("no such file" if not path.exists() else
                    f"extension {path.suffix or '(none)'!r} is not one of "
                    f"{' '.join(sorted(IMAGE_SUFFIXES))}")
             rows.append(_status_row(path, UNREADABLE if not path.exists() else NOT_AN_IMAGE, msg))
             continue
         try:
-            images.append(decode(path, size))
+            images.append(decode_image(path, size)[0])  # exactly as the training images
         except Exception as exc:  # any decoder failure is this file's problem, not the batch's
             reason = "no such file" if not path.exists() else f"{type(exc).__name__}: {exc}"
             rows.append(_status_row(path, UNREADABLE, reason))
@@ -181,23 +125,22 @@ class Predictor:
     def __init__(self, run: str | Path, variant: str, setting: str = "tuned",
                  fold: int | None = None, device: str = "auto", weights_file: str | None = None):
         self.run, self.variant, self.setting = Path(run), variant, setting
-        self.paths = model_files(self.run, variant, setting, fold)
-        self.models = [load_fold_model(p) for p in self.paths]
+        self.paths = RunFolder(self.run).model_files(variant, setting, fold)
+        self.models = [RunFolder.load_model(p) for p in self.paths]
         engines: dict[tuple, Engine] = {}
         self.engines = []
         for saved, path in zip(self.models, self.paths, strict=True):
-            if saved["variant"].get("name") != variant or saved["setting"] != setting:
-                raise ConfigError(f"{path} holds {saved['variant'].get('name')} "
-                                  f"{saved['setting']}, not {variant} {setting}; the run folder "
-                                  f"was edited by hand: rerun the study")
-            key = (repr(saved["variant"]), repr(saved["profile"]), saved["weights"],
-                   saved["provenance"]["run_seed"])
+            if saved.variant_name != variant or saved.setting != setting:
+                raise ConfigError(f"{path} holds {saved.variant_name} {saved.setting}, not "
+                                  f"{variant} {setting}; the run folder was edited by hand: "
+                                  f"rerun the study")
+            key = (repr(saved.variant), repr(saved.profile), saved.weights, saved.seed)
             if key not in engines:  # folds of one run share the backbone: build it once
                 engines[key] = build_engine(saved, device, weights_file, path)
             check_state(engines[key], saved, path)
             self.engines.append(engines[key])
         self.size = self.engines[0].profile.data.image_size
-        self.folds = [int(m["fold"]) for m in self.models]
+        self.folds = [int(m.fold) for m in self.models]
 
     def predict_images(self, images: np.ndarray) -> pd.DataFrame:
         """Ensemble frame (see ``combine``) for uint8 images (N, size, size, 3)."""
@@ -205,9 +148,8 @@ class Predictor:
         for saved, engine in zip(self.models, self.engines, strict=True):
             if id(engine) not in features:
                 features[id(engine)] = engine.prefix_features(images, augment=False)[:, 0]
-            out = engine.predict(saved["suffix_state"], features[id(engine)],
-                                 mc_seed=int(saved["provenance"]["run_seed"]))
-            frames.append(saved["artifacts"].apply(out))
+            out = engine.predict(saved.suffix_state, features[id(engine)], mc_seed=saved.seed)
+            frames.append(saved.artifacts.apply(out))
         return combine(frames)
 
     def predict_paths(self, paths: Iterable[str | Path], batch: int = BATCH) -> pd.DataFrame:
@@ -231,67 +173,9 @@ class Predictor:
         return frame
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m smids_eval.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="image files and/or folders (searched recursively)")
-    p.add_argument("--run", required=True, metavar="RUN_DIR",
-                   help="run folder written by python -m smids_eval.study (holds models/)")
-    p.add_argument("--variant", required=True, metavar="NAME",
-                   help="variant whose models to use, e.g. F.1 (an unknown name lists the run's)")
-    p.add_argument("--setting", choices=SETTINGS, default="tuned",
-                   help="training setting of the models (default: tuned)")
-    p.add_argument("--fold", default="all", metavar="K|all",
-                   help="one outer fold's model (0-based, as in the run's file names) or 'all' "
-                   "for the fold ensemble (default: all)")
-    p.add_argument("--out", metavar="CSV",
-                   help="output CSV (default: RUN_DIR/predict-<variant>.csv); written atomically")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="compute device (default: auto = cuda, then mps, then cpu)")
-    p.add_argument("--weights-file", metavar="PATH",
-                   help="the VGG19 weights file the run was trained with; required (and checked "
-                   "by hash) when the run used --weights-file")
-    p.add_argument("--batch", type=int, default=BATCH,
-                   help=f"images decoded and predicted at a time (default {BATCH})")
-    return p
-
-
-def _parse_fold(text: str) -> int | None:
-    if text == "all":
-        return None
-    if not text.isdigit():
-        raise ConfigError(f"--fold {text!r}: pass a fold number (0, 1, …) or 'all'")
-    return int(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        if args.batch < 1:
-            raise ConfigError(f"--batch must be ≥ 1 (got {args.batch})")
-        predictor = Predictor(args.run, args.variant, args.setting, _parse_fold(args.fold),
-                              args.device, args.weights_file)
-        frame = predictor.predict_paths(args.paths, batch=args.batch)
-        out = Path(args.out) if args.out else Path(args.run) / f"predict-{_safe(args.variant)}.csv"
-        write_csv(out, frame)
-    except SmidsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    counts = frame["status"].value_counts()
-    decisions = frame["decision"].value_counts()
-    print(f"{len(frame)} inputs → {out}: {counts.get(OK, 0)} ok "
-          f"({decisions.get('accept', 0)} accept, {decisions.get('refer', 0)} refer), "
-          f"{counts.get(UNREADABLE, 0)} unreadable, {counts.get(NOT_AN_IMAGE, 0)} not an image; "
-          f"{args.variant} {args.setting}, folds {frame['folds'].iloc[0] if len(frame) else '-'}",
-          file=sys.stderr)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys
+
+    from smids_eval.cli import module_main
+
+    sys.exit(module_main("predict"))

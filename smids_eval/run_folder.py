@@ -1,27 +1,74 @@
-"""Layout of a run folder; each finished (variant, fold, setting) is one JSON file written last,
-so an interrupted study resumes exactly where it stopped and never corrupts a finished fold."""
+"""The run folder's format: every path, name and reader of ``results/<run>/``.
+
+Each finished (arm, fold, setting) is one JSON row written last and atomically, after its
+predictions and model, so an interrupted study resumes exactly where it stopped and never
+corrupts a finished fold. Nothing outside this module spells a path inside a run folder.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from .io import write_csv, write_text
+from .errors import ConfigError
+from .io import atomic_open, load_torch, save_torch, write_csv, write_text
+from .naming import dir_name, from_dir_name, is_rf
+from .toml import load_toml
+from .tomlw import dumps
+
+_FOLD_FILE = re.compile(r"fold(\d+)-(.+)")
 
 
-def _safe(name: str) -> str:
-    return name.replace("/", "_").replace("+", "_plus_")
+@dataclass
+class SavedFold:
+    """One fold's trained neural arm as stored in ``models/<arm>/fold<k>-<setting>.pt``: what
+    predict and Grad-CAM need to rebuild the network exactly and apply its confidence rules."""
+
+    variant: dict            # Variant.as_dict()
+    setting: str
+    fold: int
+    suffix_state: dict       # trainable suffix (trained conv blocks + head) state dict
+    hyper: dict              # optimizer, learning_rate, weight_decay
+    profile: dict            # Profile.as_dict() the fold was trained under
+    weights: str             # backbone weights id (random | imagenet:… | file:…)
+    artifacts: Any           # evaluate.ConfidenceArtifacts fitted on this fold's validation part
+    provenance: dict         # run_* columns; run_seed rebuilds a random-weights prefix
+
+    @property
+    def variant_name(self) -> str:
+        return str(self.variant.get("name"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.provenance["run_seed"])
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: object, path: Path) -> SavedFold:
+        needed = [f.name for f in fields(cls)]
+        missing = sorted(set(needed) - set(data)) if isinstance(data, dict) else needed
+        if missing or "run_seed" not in data["provenance"]:
+            raise ConfigError(f"model file {path} lacks {missing or ['provenance.run_seed']}; it "
+                              f"was written by another smids_eval version: rerun the study fold")
+        return cls(**{k: data[k] for k in needed})
 
 
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
 
-    # files people read
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ------------------------------------------------------------------ files people read
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
@@ -50,27 +97,54 @@ class RunFolder:
     def figures(self) -> Path:
         return self.root / "figures"
 
-    # per-fold artefacts
-    def fold_json(self, variant: str, fold: int, setting: str) -> Path:
-        return self.root / "folds" / _safe(variant) / f"fold{fold}-{setting}.json"
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
 
-    def predictions(self, variant: str, fold: int, setting: str) -> Path:
-        return self.root / "predictions" / _safe(variant) / f"fold{fold}-{setting}.csv.gz"
+    @property
+    def throughput(self) -> Path:
+        return self.root / "throughput.json"
 
-    def model(self, variant: str, fold: int, setting: str) -> Path:
-        return self.root / "models" / _safe(variant) / f"fold{fold}-{setting}.pt"
+    def predict_csv(self, variant: str) -> Path:
+        return self.root / f"predict-{dir_name(variant)}.csv"
 
-    def history(self, variant: str, fold: int, setting: str) -> Path:
-        return self.root / "history" / _safe(variant) / f"fold{fold}-{setting}.csv"
+    # ------------------------------------------------------------------ per-fold artefacts
+    def fold_json(self, arm: str, fold: int, setting: str) -> Path:
+        return self.root / "folds" / dir_name(arm) / f"fold{fold}-{setting}.json"
 
-    def done(self, variant: str, fold: int, setting: str) -> bool:
-        return self.fold_json(variant, fold, setting).is_file()
+    def predictions(self, arm: str, fold: int, setting: str) -> Path:
+        return self.root / "predictions" / dir_name(arm) / f"fold{fold}-{setting}.csv.gz"
 
-    def write_row(self, row: dict) -> None:
+    def model(self, arm: str, fold: int, setting: str) -> Path:
+        return self.root / "models" / dir_name(arm) / f"fold{fold}-{setting}.pt"
+
+    def history(self, arm: str, fold: int, setting: str) -> Path:
+        return self.root / "history" / dir_name(arm) / f"fold{fold}-{setting}.csv"
+
+    def done(self, arm: str, fold: int, setting: str) -> bool:
+        return self.fold_json(arm, fold, setting).is_file()
+
+    # ------------------------------------------------------------------ config
+    def read_config(self) -> dict:
+        return load_toml(self.config)
+
+    def write_config(self, config: dict) -> None:
+        write_text(self.config, dumps(config))
+
+    # ------------------------------------------------------------------ writing a finished fold
+    def save_fold(self, row: dict, predictions: pd.DataFrame, model: SavedFold | None) -> None:
+        """Predictions and model first, the fold's JSON row last: a row on disk means the fold
+        is complete."""
+        arm, fold, setting = row["variant"], row["fold"], row["setting"]
+        with atomic_open(self.predictions(arm, fold, setting), "wb") as fh:
+            predictions.to_csv(fh, index=False, compression={"method": "gzip", "mtime": 0})
+        if model is not None:
+            save_torch(self.model(arm, fold, setting), model.to_dict())
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        write_text(self.fold_json(row["variant"], row["fold"], row["setting"]),
+        write_text(self.fold_json(arm, fold, setting),
                    json.dumps(clean, indent=1, sort_keys=False, default=float))
 
+    # ------------------------------------------------------------------ readers
     def rows(self) -> pd.DataFrame:
         """Every finished fold row (unreadable leftovers are ignored and redone on resume)."""
         rows = []
@@ -88,3 +162,70 @@ class RunFolder:
         frame = self.rows()
         write_csv(self.folds_csv, frame)
         return frame
+
+    def prediction_files(self) -> list[tuple[str, int, str, Path]]:
+        """(arm, fold, setting, path) of every saved per-image prediction file."""
+        return self._per_fold("predictions", ".csv.gz")
+
+    def history_files(self) -> list[tuple[str, int, str, Path]]:
+        return self._per_fold("history", ".csv")
+
+    def _per_fold(self, folder: str, suffix: str) -> list[tuple[str, int, str, Path]]:
+        out = []
+        for path in sorted((self.root / folder).glob(f"*/fold*-*{suffix}")):
+            m = _FOLD_FILE.fullmatch(path.name.removesuffix(suffix))
+            if m:
+                out.append((from_dir_name(path.parent.name), int(m[1]), m[2], path))
+        return out
+
+    # ------------------------------------------------------------------ saved models
+    def model_variants(self) -> list[str]:
+        """Arms with at least one saved model (random-forest heads save none)."""
+        return sorted({arm for arm, _, _, _ in self._per_fold("models", ".pt")})
+
+    def saved_models(self, arm: str, setting: str) -> list[Path]:
+        """Model files of one arm and setting in fold order (empty when there are none)."""
+        return [p for a, _, s, p in sorted(self._per_fold("models", ".pt"), key=lambda t: t[1])
+                if a == arm and s == setting]
+
+    def model_files(self, variant: str, setting: str, fold: int | None = None) -> list[Path]:
+        """The saved models of one arm and setting (one fold, or every fold in order); a
+        ConfigError says what exists when the request does not."""
+        if not self.root.is_dir():
+            raise ConfigError(f"run folder {self.root} does not exist; pass a folder written by "
+                              f"python -m smids_eval.study (e.g. results/<run-name>)")
+        saved = self._per_fold("models", ".pt")
+        variants = sorted({a for a, _, _, _ in saved})
+        if not variants:
+            raise ConfigError(f"{self.root} has no saved models under models/; is it a finished "
+                              f"study run folder? (only neural variants save models, not +RF heads)")
+        if variant not in variants:
+            hint = " (random-forest heads save no model)" if is_rf(variant) else ""
+            raise ConfigError(f"variant {variant!r} has no models in {self.root / 'models'}{hint}; "
+                              f"available: {', '.join(variants)}")
+        found: dict[str, dict[int, Path]] = {}
+        for a, k, s, path in saved:
+            if a == variant:
+                found.setdefault(s, {})[k] = path
+        folder = self.model(variant, 0, setting).parent
+        if setting not in found:
+            raise ConfigError(f"variant {variant} has no {setting!r} models in {folder}; available "
+                              f"settings: {', '.join(sorted(found))} (pass --setting)")
+        folds = found[setting]
+        if fold is not None:
+            if fold not in folds:
+                raise ConfigError(f"variant {variant} has no fold {fold} ({setting}) in {folder}; "
+                                  f"available folds: {', '.join(map(str, sorted(folds)))} or all")
+            return [folds[fold]]
+        return [folds[k] for k in sorted(folds)]
+
+    @staticmethod
+    def load_model(path: Path) -> SavedFold:
+        """One saved fold model, checked for its fields (model files are pickles: trust needed)."""
+        data = load_torch(path, weights_only=False, what="model file",
+                          remedy="rerun that fold with python -m smids_eval.study --force")
+        return SavedFold.from_dict(data, Path(path))
+
+    @staticmethod
+    def fold_of(model_path: Path) -> int:
+        return int(_FOLD_FILE.fullmatch(Path(model_path).stem)[1])

@@ -9,29 +9,21 @@ from pathlib import Path
 from .config import Profile, profile_from_dict
 from .engine import Engine
 from .errors import ConfigError
-from .io import load_torch
+from .run_folder import RunFolder, SavedFold
 from .variants import Variant
 
 
-def load_fold_model(path: Path) -> dict:
-    """One saved fold model (a dict written by ``smids_eval.fold``), checked for its keys."""
-    saved = load_torch(path, weights_only=False, what="model file",
-                       remedy="rerun that fold with python -m smids_eval.study --force")
-    needed = {"variant", "setting", "fold", "suffix_state", "profile", "weights", "artifacts",
-              "provenance"}
-    missing = sorted(needed - set(saved)) if isinstance(saved, dict) else sorted(needed)
-    if missing or "run_seed" not in saved["provenance"]:
-        raise ConfigError(f"model file {path} lacks {missing or ['provenance.run_seed']}; it was "
-                          f"written by another smids_eval version: rerun the study fold")
-    return saved
+def load_fold_model(path: Path) -> SavedFold:
+    """One saved fold model, checked for its fields (see ``RunFolder.load_model``)."""
+    return RunFolder.load_model(Path(path))
 
 
-def weights_spec(saved: dict, weights_file: str | None, path: Path) -> str:
+def weights_spec(saved: SavedFold, weights_file: str | None, path: Path) -> str:
     """What to pass as Engine ``weights`` to get the backbone the fold was trained on: for a
     weights file, ``weights_file`` or else the path the run used, if it is still there."""
-    wid = saved["weights"]
+    wid = saved.weights
     if wid.startswith("file:"):
-        used = str(saved["profile"]["model"]["weights"])
+        used = str(saved.profile["model"]["weights"])
         if not weights_file and Path(used).is_file():
             weights_file = used
         if not weights_file:
@@ -51,28 +43,28 @@ def weights_spec(saved: dict, weights_file: str | None, path: Path) -> str:
     raise ConfigError(f"{path}: unknown backbone weights id {wid!r}")
 
 
-def build_engine(saved: dict, device: str, weights_file: str | None, path: Path,
+def build_engine(saved: SavedFold, device: str, weights_file: str | None, path: Path,
                  precision: str | None = None) -> Engine:
     """The fold's network: same variant, profile, backbone and prefix seed as in training."""
     train = {"compile": False} | ({"precision": precision} if precision else {})
-    profile: Profile = profile_from_dict(saved["profile"]).replace(train=train)
-    seed = int(saved["provenance"]["run_seed"])
-    engine = Engine(Variant(**saved["variant"]), profile, device=device,
+    profile: Profile = profile_from_dict(saved.profile).replace(train=train)
+    seed = saved.seed
+    engine = Engine(Variant(**saved.variant), profile, device=device,
                     weights=weights_spec(saved, weights_file, path), cache_dir=None,
                     init_seed=seed, augment_seed=seed, progress=False)
-    if engine.weights_id.rsplit(":", 1)[-1] != saved["weights"].rsplit(":", 1)[-1]:
+    if engine.weights_id.rsplit(":", 1)[-1] != saved.weights.rsplit(":", 1)[-1]:
         raise ConfigError(f"--weights-file {weights_file} is {engine.weights_id} but {path} was "
-                          f"trained on {saved['weights']}; pass the file the run used")
+                          f"trained on {saved.weights}; pass the file the run used")
     return engine
 
 
-def check_state(engine: Engine, saved: dict, path: Path) -> None:
+def check_state(engine: Engine, saved: SavedFold, path: Path) -> None:
     """The saved suffix must fit today's network, else the run came from other code."""
     want = {k: tuple(v.shape) for k, v in engine.model.suffix.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in saved["suffix_state"].items()}
+    have = {k: tuple(v.shape) for k, v in saved.suffix_state.items()}
     if want != have:
         diff = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
         raise ConfigError(f"model file {path} does not fit the current network (differs in "
                           f"{', '.join(diff[:4])}{' …' if len(diff) > 4 else ''}); it was trained "
-                          f"by smids_eval commit {saved['provenance'].get('run_commit', '?')}: "
+                          f"by smids_eval commit {saved.provenance.get('run_commit', '?')}: "
                           f"predict with that version or rerun the study")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smids_eval.benchmark import main as benchmark_main
+from smids_eval.cli import module_main
 from smids_eval.report.markdown import SECTIONS
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
@@ -18,7 +18,7 @@ def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path):
     args = ["--profile", TINY, "--variant", "B.0", "--variant", "F.0", "--settings", "specified",
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
             "--no-throughput"]
-    assert benchmark_main(args) == 0
+    assert module_main("benchmark", args) == 0
     runs = sorted(p for p in out.iterdir() if p.is_dir())
     assert [p.name.endswith("-random-split") for p in runs] == [False, True]
     grouped, random_split = runs

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smids_eval import CLASSES
+from smids_eval import CLASSES, StudyConfig, run_study
+from smids_eval.cli import module_main
 from smids_eval.predict import Predictor, combine
-from smids_eval.predict import main as predict_main
-from smids_eval.study import main as study_main
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
 PROBS = ["prob_normal_sperm", "prob_abnormal_sperm", "prob_non_sperm"]
@@ -27,10 +26,10 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     """A finished tiny run (F.0: RGB + MC-dropout, A.0: grey, no dropout; tuned, 2 folds) and
     the root of the synthetic data set it was trained on."""
     out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
-    assert study_main(["--profile", TINY, "--variant", "F.0", "--variant", "A.0", "--no-rf",
-                       "--settings", "tuned", "--trials", "1", "--out", str(out),
-                       "--cache-dir", str(cache), "--no-progress", "--seed", "2"]) == 0
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    result = run_study(StudyConfig(variants=("F.0", "A.0"), profile=TINY, rf=False,
+                                   settings=("tuned",), trials=1, out=str(out),
+                                   cache_dir=str(cache), progress=False, seed=2))
+    run_dir = result.run.root
     (data,) = (cache / "synthetic").iterdir()
     return run_dir, data
 
@@ -51,7 +50,7 @@ def inputs(run, tmp_path_factory) -> Path:
 
 def test_ensemble_csv_columns_good_and_bad_files(run, inputs):
     run_dir, _ = run
-    assert predict_main(["--run", str(run_dir), "--variant", "F.0", str(inputs)]) == 0
+    assert module_main("predict", ["--run", str(run_dir), "--variant", "F.0", str(inputs)]) == 0
     frame = pd.read_csv(run_dir / "predict-F.0.csv")
     assert list(frame.columns) == DOCUMENTED
     assert len(frame) == 6 + 2
@@ -91,7 +90,7 @@ def test_grey_variant_reproduces_the_studys_held_out_outputs(run):
     assert (frame.status == "ok").all() and frame.mc_mi.isna().all()
     # compare on the logit scale (the tiny model is near uniform): T·log p_predict ≡ log p_study
     centred = lambda p: p - p.mean(1, keepdims=True)  # noqa: E731
-    temperature = predictor.models[0]["artifacts"].temperature
+    temperature = predictor.models[0].artifacts.temperature
     np.testing.assert_allclose(centred(np.log(frame[PROBS].to_numpy(float)) * temperature),
                                centred(np.log(stored[PROBS].to_numpy(float))), atol=1e-5)
     assert list(frame.predicted_class) == list(stored.predicted)
@@ -125,12 +124,12 @@ def test_cli_errors_exit_2_and_say_what_exists(run, inputs, tmp_path, capsys):
              (["--variant", "F.0", "--fold", "7"], "available folds: 0, 1"),
              (["--variant", "F.0", "--weights-file", str(inputs / "notes.txt")], "drop --weights-file")]
     for extra, message in cases:
-        assert predict_main(base + extra) == 2, extra
+        assert module_main("predict", base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
-    assert predict_main([str(inputs), "--run", str(tmp_path / "nope"), "--variant", "F.0"]) == 2
+    assert module_main("predict", [str(inputs), "--run", str(tmp_path / "nope"), "--variant", "F.0"]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        predict_main(["--help"])
+        module_main("predict", ["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for word in ["--run", "--variant", "--setting", "--fold", "--out", "--device", "--weights-file",

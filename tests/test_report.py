@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from smids_eval.report.__main__ import main as report_main
+from smids_eval import StudyConfig, run_study
+from smids_eval.cli import module_main
 from smids_eval.report.gradcam import grad_cam, load_fold_model, model_input
 from smids_eval.report.leaderboard import summarise
 from smids_eval.report.markdown import SECTIONS, build_report, run_dataset
-from smids_eval.study import main as study_main
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,10 +30,9 @@ STRIPPED = ("MC-dropout", "Out-of-distribution detection", "Accuracy under distr
 def study(tmp_path_factory):
     """F.1 (RGB, dropout, trains block 5) and A.0 (grey, no dropout), specified settings only."""
     out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
-    assert study_main(["--profile", TINY, "--variant", "F.1", "--variant", "A.0",
-                       "--settings", "specified", "--out", str(out), "--cache-dir", str(cache),
-                       "--no-progress", "--seed", "1"]) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    run = run_study(StudyConfig(variants=("F.1", "A.0"), profile=TINY, settings=("specified",),
+                                out=str(out), cache_dir=str(cache), progress=False,
+                                seed=1)).run.root
     return run, run_dataset(run, cache_dir=cache)
 
 
@@ -132,9 +131,9 @@ def test_stripped_run_still_builds_and_says_not_available(study, tmp_path):
 
 def test_cli(study, capsys):
     run, _ = study
-    assert report_main([str(run), "--no-images"]) == 0
+    assert module_main("report", [str(run), "--no-images"]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.md")
-    assert report_main([str(run.parent / "missing")]) == 2
+    assert module_main("report", [str(run.parent / "missing")]) == 2
     with pytest.raises(SystemExit) as exc:
-        report_main(["--help"])
+        module_main("report", ["--help"])
     assert exc.value.code == 0

@@ -21,7 +21,7 @@ def load_fold_model(path: str | Path, init_seed: int | None = None) -> tuple[VGG
 
     saved = load_saved(Path(path))
     engine = build_engine(saved, "cpu", None, Path(path), precision="fp32")
-    return engine.full_model(saved["suffix_state"]).float(), Variant(**saved["variant"])
+    return engine.full_model(saved.suffix_state).float(), Variant(**saved.variant)
 
 
 def model_input(images: np.ndarray, channels: str) -> torch.Tensor:

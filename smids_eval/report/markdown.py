@@ -157,12 +157,10 @@ def run_dataset(run_dir, data_dir=None, cache_dir=None):
     config = load_toml(Path(run_dir) / "config.toml")
     size = int(config["profile"]["data"]["image_size"])
     if data_dir is None:
-        source = str(config.get("data", {}).get("source", ""))
-        m = (re.fullmatch(r"synthetic SMIDS-like set at (.+) \(no --data-dir.*\)", source)
-             or re.fullmatch(r"(.+) \(from (?:--data-dir|SMIDS_DATA_DIR)\)", source))
-        if not m or not Path(m[1]).is_dir():
+        root = config.get("data", {}).get("root")
+        if not root or not Path(root).is_dir():
             return None
-        data_dir = m[1]
+        data_dir = root
     dataset = load_folder(data_dir, size, cache_dir)
     expected = config.get("data", {}).get("fingerprint")
     if expected and dataset.fingerprint != expected:
@@ -424,13 +422,12 @@ def gradcam(r: Report) -> list[str]:
 
     best = r.best_arm()
     preds = r.arm_preds(*best) if best else pd.DataFrame()
-    models = sorted(r.run.root.glob(f"models/*/fold*-{best[1]}.pt")) if best else []
-    models = [m for m in models if fg.unsafe(m.parent.name) == best[0]]
+    models = r.run.saved_models(*best) if best else []
     if not models or preds.empty:
         return na("no saved models or predictions")
     if r.dataset is None:
         return na("no images (pass --data-dir)")
-    fold = int(re.fullmatch(r"fold(\d+)-.+", models[0].stem)[1])
+    fold = RunFolder.fold_of(models[0])
     per_class = int(r.config.get("profile", {}).get("evaluate", {}).get("gradcam_images", 2))
     index = r.image_index()
     held = preds[(preds["fold"] == fold) & preds["path"].isin(index)]

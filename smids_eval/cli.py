@@ -1,0 +1,287 @@
+"""The ``smids`` command (``smids study|benchmark|predict|report|data``) and the ``python -m``
+entry points: the only module that sees argparse.
+
+Each subcommand parses its options into the typed API (``StudyConfig`` and friends) and calls
+it; one wrapper gives every command the same logging, errors (``error: …``, exit 2) and Ctrl-C
+(exit 130, finished work kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import ConfigError, SmidsError
+from .naming import SETTINGS
+
+# --------------------------------------------------------------------------- study / benchmark
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``StudyConfig`` (shared by ``study`` and ``benchmark``)."""
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="variant from studies/variants.toml (repeatable), or 'all' (default: all)")
+    p.add_argument("--profile", default="auto",
+                   help="quick | full | auto (full when CUDA is present, else quick) | path.toml")
+    p.add_argument("--folds", type=int, help="outer folds (default: the profile's; the number of "
+                   "groups gives leave-one-group-out)")
+    p.add_argument("--fold", type=int, action="append", metavar="K",
+                   help="run only outer fold K (repeatable; default: every fold)")
+    p.add_argument("--inner-folds", type=int, help="grouped inner folds for tuning (default: profile)")
+    p.add_argument("--data-dir", help="class-folder data set (default: $SMIDS_DATA_DIR, else the "
+                   "synthetic set)")
+    p.add_argument("--groups-file", help="group manifest CSV 'path,donor' (default: the data set's "
+                   "donors.csv if present, else inferred acquisition groups)")
+    p.add_argument("--n-groups", type=int, default=17,
+                   help="number of inferred acquisition groups (default 17)")
+    p.add_argument("--out", default="results", help="output folder (default: results/)")
+    p.add_argument("--run-name", help="run folder name (default: PROFILE-DATA-FINGERPRINT-kK-seedS)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
+                   help="compute device (default: the profile's, auto)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="numeric precision (default: profile's; auto = bf16 where native)")
+    p.add_argument("--weights", choices=["auto", "imagenet", "random"],
+                   help="backbone weights (default: profile's, auto)")
+    p.add_argument("--weights-file", help="VGG19 state dict to use as backbone weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler, init (default 0)")
+    p.add_argument("--trials", type=int, help="Optuna trials per variant and fold (default: profile)")
+    p.add_argument("--storage", help="Optuna storage: SQLAlchemy URL (postgresql://…) or FILE.journal "
+                   "shared by several workers (default: SQLite file in the run folder)")
+    p.add_argument("--split", choices=["grouped", "random"], default="grouped",
+                   help="grouped folds (default) or a plain stratified split, to measure the "
+                   "optimism that grouping removes")
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help="comma list of 'specified' (the study's table) and 'tuned' (default both)")
+    p.add_argument("--no-rf", action="store_true", help="skip the random-forest head")
+    p.add_argument("--ood-dir", help="extra folder of out-of-distribution images to test detectors on")
+    p.add_argument("--cache-dir", help="decoded images and feature cache (default: $SMIDS_CACHE_DIR "
+                   "or the user cache dir)")
+    p.add_argument("--force", action="store_true", help="redo finished folds of the selected variants")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def study_config(args: argparse.Namespace):
+    """argparse namespace → ``StudyConfig`` (validated there)."""
+    from .study_config import StudyConfig
+
+    return StudyConfig(
+        variants=tuple(args.variant or ["all"]), profile=args.profile, data_dir=args.data_dir,
+        groups_file=args.groups_file, n_groups=args.n_groups, split=args.split, seed=args.seed,
+        folds=args.folds, inner_folds=args.inner_folds, only_folds=tuple(args.fold or ()),
+        trials=args.trials, storage=args.storage,
+        settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
+        rf=not args.no_rf, ood_dir=args.ood_dir, out=args.out, run_name=args.run_name,
+        device=args.device, precision=args.precision, weights=args.weights,
+        weights_file=args.weights_file, cache_dir=args.cache_dir, force=args.force,
+        progress=not args.no_progress)
+
+
+def _study(args) -> int:
+    from .study import run_study
+
+    run_study(study_config(args))
+    return 0
+
+
+def _benchmark(args) -> int:
+    from .benchmark import run_benchmark
+
+    run_benchmark(study_config(args), throughput=not args.no_throughput)
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def add_predict_options(p: argparse.ArgumentParser) -> None:
+    from .predict import BATCH
+    from .predict import SETTINGS as PREDICT_SETTINGS
+
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files and/or folders (searched recursively)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR",
+                   help="run folder written by python -m smids_eval.study (holds models/)")
+    p.add_argument("--variant", required=True, metavar="NAME",
+                   help="variant whose models to use, e.g. F.1 (an unknown name lists the run's)")
+    p.add_argument("--setting", choices=PREDICT_SETTINGS, default="tuned",
+                   help="training setting of the models (default: tuned)")
+    p.add_argument("--fold", default="all", metavar="K|all",
+                   help="one outer fold's model (0-based, as in the run's file names) or 'all' "
+                   "for the fold ensemble (default: all)")
+    p.add_argument("--out", metavar="CSV",
+                   help="output CSV (default: RUN_DIR/predict-<variant>.csv); written atomically")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="compute device (default: auto = cuda, then mps, then cpu)")
+    p.add_argument("--weights-file", metavar="PATH",
+                   help="the VGG19 weights file the run was trained with; required (and checked "
+                   "by hash) when the run used --weights-file")
+    p.add_argument("--batch", type=int, default=BATCH,
+                   help=f"images decoded and predicted at a time (default {BATCH})")
+
+
+def _parse_fold(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise ConfigError(f"--fold {text!r}: pass a fold number (0, 1, …) or 'all'")
+    return int(text)
+
+
+def _predict(args) -> int:
+    from .io import write_csv
+    from .predict import NOT_AN_IMAGE, OK, UNREADABLE, Predictor
+    from .run_folder import RunFolder
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be ≥ 1 (got {args.batch})")
+    predictor = Predictor(args.run, args.variant, args.setting, _parse_fold(args.fold),
+                          args.device, args.weights_file)
+    frame = predictor.predict_paths(args.paths, batch=args.batch)
+    out = Path(args.out) if args.out else RunFolder(Path(args.run)).predict_csv(args.variant)
+    write_csv(out, frame)
+    counts = frame["status"].value_counts()
+    decisions = frame["decision"].value_counts()
+    print(f"{len(frame)} inputs → {out}: {counts.get(OK, 0)} ok "
+          f"({decisions.get('accept', 0)} accept, {decisions.get('refer', 0)} refer), "
+          f"{counts.get(UNREADABLE, 0)} unreadable, {counts.get(NOT_AN_IMAGE, 0)} not an image; "
+          f"{args.variant} {args.setting}, folds {frame['folds'].iloc[0] if len(frame) else '-'}",
+          file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- report / data
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by smids_eval.study")
+    p.add_argument("--data-dir", help="the run's class-folder data set, for image sizes, the "
+                   "error gallery and Grad-CAM (default: the folder recorded in config.toml, if "
+                   "it still exists)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default: $SMIDS_CACHE_DIR or the "
+                   "user cache dir)")
+    p.add_argument("--no-images", action="store_true", help="skip the sections that need images")
+    p.add_argument("--random-split-run", metavar="DIR", help="the same study under --split random "
+                   "(default: the sibling RUN_DIR-random-split, if present)")
+    p.add_argument("--throughput-json", metavar="FILE", help="pytest-benchmark JSON to tabulate")
+
+
+def _report(args) -> int:
+    from .report.markdown import build_report, run_dataset
+
+    try:
+        dataset = None if args.no_images else run_dataset(args.run_dir, args.data_dir,
+                                                          args.cache_dir)
+        path = build_report(args.run_dir, dataset=dataset, random_split_run=args.random_split_run,
+                            throughput_json=args.throughput_json)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{exc}; pass a run folder written by smids_eval.study") from exc
+    print(path)
+    return 0
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", action="store_true", help="print the data report")
+    p.add_argument("--data-dir", help="class-folder data set (default: SMIDS_DATA_DIR, "
+                   "else the synthetic set)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default: SMIDS_CACHE_DIR or the "
+                   "user cache dir)")
+    p.add_argument("--size", type=int, default=64, help="decoded size in px (default 64)")
+
+
+def _data(args) -> int:
+    from .data import load_dataset
+    from .data.report import render_report
+
+    if not args.report:
+        print("nothing to do: pass --report (see --help)", file=sys.stderr)
+        return 0
+    print(render_report(load_dataset(args.data_dir, size=args.size, cache_dir=args.cache_dir)))
+    return 0
+
+
+# --------------------------------------------------------------------------- the command
+
+#: subcommand → (one-line help, option adder, runner, module docstring source)
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "study": ("every selected variant under grouped k-fold CV into a resumable run folder",
+              add_study_options, _study),
+    "benchmark": ("the main job: study, random-split twin, throughput suite and report",
+                  add_study_options, _benchmark),
+    "predict": ("classify new crops with a run's fold models: one CSV row per image",
+                add_predict_options, _predict),
+    "report": ("write RUN_DIR/report.md and its figures", add_report_options, _report),
+    "data": ("inspect a data set (--report: counts, sizes, duplicates)", add_data_options, _data),
+}
+
+_DESCRIPTIONS = {
+    "study": "smids_eval.study", "benchmark": "smids_eval.benchmark",
+    "predict": "smids_eval.predict", "report": "smids_eval.report", "data": "smids_eval.data",
+}
+
+
+def _description(command: str) -> str | None:
+    import importlib
+
+    return importlib.import_module(_DESCRIPTIONS[command]).__doc__
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``smids`` parser, or one subcommand's parser as ``python -m smids_eval.<command>``."""
+    if command is not None:
+        help_text, add_options, _ = COMMANDS[command]
+        p = argparse.ArgumentParser(prog=f"python -m smids_eval.{command}",
+                                    description=_description(command) or help_text,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_options(p)
+        if command == "benchmark":
+            p.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
+        return p
+    p = argparse.ArgumentParser(prog="smids", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_options, _) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=_description(name),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_options(sp)
+        if name == "benchmark":
+            sp.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
+    return p
+
+
+def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """The one wrapper: logging, SmidsError → ``error: …`` and exit 2, Ctrl-C → exit 130."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return run(args)
+    except SmidsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished folds are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``smids COMMAND [options]``; ``main(["study", "--variant", "F.1"])`` from Python."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    return run_command(COMMANDS[args.command][2], args)
+
+
+def module_main(command: str, argv: list[str] | None = None) -> int:
+    """``python -m smids_eval.<command> [options]`` (the same options as ``smids <command>``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command).parse_args(argv)
+    return run_command(COMMANDS[command][2], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
