@@ -1,6 +1,7 @@
 """Throughput of the compute paths (run: ``pytest benchmark/ --benchmark-only``).
 
-* bf16 matmul peak of this machine, measured in the same run (the reference for fractions);
+* bf16 matmul peak of this machine, measured in the same run (the reference for fractions;
+  ``smids_eval.device.measure_bf16_peak``, which every study also records in ``timings.json``);
 * VGG19 feature extraction (full width, random weights) naive fp32 NCHW vs the fast path
   (bf16 autocast + channels_last) at 64/128/224 px: img/s, GFLOP/s, fraction of the bf16 peak;
 * one F.0 training epoch (256 images, 64 px) on the feature cache vs through the whole network.
@@ -13,14 +14,13 @@ matmul peak; cached F.0 epoch ≥ 20x faster than the uncached loop (recorded in
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from smids_eval.config import Profile
-from smids_eval.device import compiled, resolve_runtime
+from smids_eval.device import compiled, measure_bf16_peak, resolve_runtime
 from smids_eval.engine import Engine
 from smids_eval.models import FLOPS_224, build_vgg19
 from smids_eval.train import Hyper
@@ -37,25 +37,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _matmul_peak(n: int = 4096, reps: int = 4) -> float:
-    if DEVICE == "cuda":
-        n, reps = 8192, 10
-    a = torch.randn(n, n, dtype=torch.bfloat16, device=DEVICE)
-    b = torch.randn(n, n, dtype=torch.bfloat16, device=DEVICE)
-    a @ b
-    _sync()
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        _sync()
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
-    return best
-
-
 @pytest.fixture(scope="module")
 def bf16_peak() -> float:
-    return RESULTS.setdefault("peak", _matmul_peak())
+    """FLOP/s (the package's measurement, at the suite's larger sizes and without a budget)."""
+    n, reps = (8192, 10) if DEVICE == "cuda" else (4096, 4)
+    return RESULTS.setdefault("peak", measure_bf16_peak(DEVICE, n=n, reps=reps, budget_s=None) * 1e9)
 
 
 def test_bf16_matmul_peak(benchmark, bf16_peak):

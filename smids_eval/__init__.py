@@ -21,6 +21,7 @@ _API = {
     "StudyConfig": "study_config",
     "run_study": "study",
     "StudyResult": "study",
+    "StudyPlan": "plan",
     "run_benchmark": "benchmark",
     "Predictor": "predict",
     "RunFolder": "run_folder",

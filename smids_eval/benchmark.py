@@ -7,6 +7,10 @@
 3. the pytest-benchmark throughput suite (JSON saved in the run folder);
 4. the report (``report.md`` + figures) and the leaderboard CSVs.
 
+The study's ``timings.json`` then covers the whole job (its stages: the study's, plus
+``random_split``, ``throughput`` and ``report``). With ``--plan`` nothing runs: the plans of the
+study and of its random-split twin are returned (and printed by the CLI).
+
 Profile ``auto``: full on CUDA, quick on CPU. Data: ``--data-dir`` > ``SMIDS_DATA_DIR`` > synthetic.
 """
 
@@ -15,13 +19,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .layout import source_root
+from .plan import StudyPlan, plan_study
 from .study import StudyResult, prepare, run_prepared
 from .study_config import StudyConfig
+from .timing import RunCost, StageTimer
 
 log = logging.getLogger("smids_eval.benchmark")
 
@@ -52,26 +57,54 @@ def run_throughput(json_path: Path) -> Path | None:
     return json_path if json_path.is_file() else None
 
 
-def run_benchmark(config: StudyConfig, throughput: bool = True) -> BenchmarkResult:
-    """The study, its random-split twin, the throughput suite and the report."""
+def random_split_config(config: StudyConfig, variant: str) -> StudyConfig:
+    """The optimism twin: one variant, specified settings, a plain stratified split."""
+    return config.replace(split="random", settings=("specified",), rf=False, variants=(variant,))
+
+
+def plan_benchmark(config: StudyConfig) -> list[StudyPlan]:
+    """``--plan``: the study's plan and its random-split twin's (nothing trained or written)."""
+    ctx = prepare(config, write=False)
+    plans = [plan_study(ctx)]
+    optimism = ctx.profile.benchmark.optimism_variant
+    if optimism:
+        twin = prepare(random_split_config(config, optimism), write=False)
+        plans.append(plan_study(twin, rates=plans[0].rates))
+    return plans
+
+
+def run_benchmark(config: StudyConfig, throughput: bool = True
+                  ) -> BenchmarkResult | list[StudyPlan]:
+    """The study, its random-split twin, the throughput suite and the report (with
+    ``config.plan_only``: their plans only)."""
     from .report.markdown import build_report
 
-    t0 = time.perf_counter()
-    ctx = prepare(config)
-    study = run_prepared(ctx)
+    if config.plan_only:
+        return plan_benchmark(config)
+    timer = StageTimer()
+    with timer.stage("prepare"):
+        ctx = prepare(config)
+    cost = RunCost(timer)
+    study = run_prepared(ctx, cost)
     random_split = None
     optimism = ctx.profile.benchmark.optimism_variant
     if optimism:
         log.info("grouping optimism: %s under a plain stratified split", optimism)
-        random_split = run_prepared(prepare(config.replace(
-            split="random", settings=("specified",), rf=False, variants=(optimism,))))
+        with timer.stage("random_split"):   # its own timings.json is in its own run folder
+            twin = RunCost(peak_gflops=cost.peak_gflops)
+            with twin.timer.stage("prepare"):
+                twin_ctx = prepare(random_split_config(config, optimism))
+            random_split = run_prepared(twin_ctx, twin)
     throughput_json = None
     if ctx.profile.benchmark.throughput and throughput:
-        throughput_json = run_throughput(study.run.throughput.resolve())
-    report = build_report(study.run.root, dataset=ctx.dataset,
-                          random_split_run=random_split.run.root if random_split else None,
-                          throughput_json=throughput_json)
-    minutes = (time.perf_counter() - t0) / 60
+        with timer.stage("throughput"):
+            throughput_json = run_throughput(study.run.throughput.resolve())
+    with timer.stage("report"):
+        report = build_report(study.run.root, dataset=ctx.dataset,
+                              random_split_run=random_split.run.root if random_split else None,
+                              throughput_json=throughput_json)
+    study.run.write_timings(cost.record())
+    minutes = timer.wall() / 60
     log.info("benchmark done in %.1f min: %s", minutes, report)
     return BenchmarkResult(study, random_split, throughput_json, report, minutes)
 

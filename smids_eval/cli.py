@@ -31,6 +31,8 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, action="append", metavar="K",
                    help="run only outer fold K (repeatable; default: every fold)")
     p.add_argument("--inner-folds", type=int, help="grouped inner folds for tuning (default: profile)")
+    p.add_argument("--repeats", type=int, help="repeated CV: re-draw the group-to-fold assignment "
+                   "R times (default: the profile's; repeat 0 is the seed's own folds)")
     p.add_argument("--data-dir", help="class-folder data set (default: $SMIDS_DATA_DIR, else the "
                    "synthetic set)")
     p.add_argument("--groups-file", help="group manifest CSV 'path,donor' (default: the data set's "
@@ -61,6 +63,10 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
                    "or the user cache dir)")
     p.add_argument("--force", action="store_true", help="redo finished folds of the selected variants")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--plan", action="store_true",
+                   help="print what the run would do (variants × settings × folds, results "
+                   "already done, trials, epochs, feature caches) and an ETA from a few seconds' "
+                   "throughput probe; trains nothing, writes nothing")
 
 
 def study_config(args: argparse.Namespace):
@@ -70,26 +76,31 @@ def study_config(args: argparse.Namespace):
     return StudyConfig(
         variants=tuple(args.variant or ["all"]), profile=args.profile, data_dir=args.data_dir,
         groups_file=args.groups_file, n_groups=args.n_groups, split=args.split, seed=args.seed,
-        folds=args.folds, inner_folds=args.inner_folds, only_folds=tuple(args.fold or ()),
+        folds=args.folds, inner_folds=args.inner_folds, repeats=args.repeats,
+        only_folds=tuple(args.fold or ()),
         trials=args.trials, storage=args.storage,
         settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
         rf=not args.no_rf, ood_dir=args.ood_dir, out=args.out, run_name=args.run_name,
         device=args.device, precision=args.precision, weights=args.weights,
         weights_file=args.weights_file, cache_dir=args.cache_dir, force=args.force,
-        progress=not args.no_progress)
+        progress=not args.no_progress, plan_only=args.plan)
 
 
 def _study(args) -> int:
     from .study import run_study
 
-    run_study(study_config(args))
+    result = run_study(study_config(args))
+    if args.plan:
+        print(result.describe())
     return 0
 
 
 def _benchmark(args) -> int:
     from .benchmark import run_benchmark
 
-    run_benchmark(study_config(args), throughput=not args.no_throughput)
+    result = run_benchmark(study_config(args), throughput=not args.no_throughput)
+    if args.plan:
+        print("\n".join(plan.describe() for plan in result))
     return 0
 
 
@@ -111,6 +122,8 @@ def add_predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", default="all", metavar="K|all",
                    help="one outer fold's model (0-based, as in the run's file names) or 'all' "
                    "for the fold ensemble (default: all)")
+    p.add_argument("--repeat", type=int, default=0, metavar="R",
+                   help="which repeat's fold models (default 0: the seed's own folds)")
     p.add_argument("--out", metavar="CSV",
                    help="output CSV (default: RUN_DIR/predict-<variant>.csv); written atomically")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
@@ -138,7 +151,7 @@ def _predict(args) -> int:
     if args.batch < 1:
         raise ConfigError(f"--batch must be ≥ 1 (got {args.batch})")
     predictor = Predictor(args.run, args.variant, args.setting, _parse_fold(args.fold),
-                          args.device, args.weights_file)
+                          args.device, args.weights_file, repeat=args.repeat)
     frame = predictor.predict_paths(args.paths, batch=args.batch)
     out = Path(args.out) if args.out else RunFolder(Path(args.run)).predict_csv(args.variant)
     write_csv(out, frame)

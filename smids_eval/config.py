@@ -44,6 +44,7 @@ class TrainConfig:
 class CVConfig:
     outer_folds: int = 5
     inner_folds: int = 3
+    repeats: int = 1                # re-drawn group-to-fold assignments (repeated grouped CV)
 
 
 @dataclass(frozen=True)

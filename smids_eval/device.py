@@ -9,6 +9,7 @@ their fastest convolution kernels for NHWC bf16).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -116,3 +117,48 @@ def compiled(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
 
         inductor_config.freezing = True
     return torch.compile(module)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels (timing on asynchronous devices)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _matmul_rate(device: torch.device, n: int, reps: int) -> float:
+    """Best FLOP/s of ``reps`` n×n bf16 matmuls after one warm-up (private generator: the
+    global RNG, and so every result, is untouched)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, generator=g, device=device).to(torch.bfloat16)
+    b = torch.randn(n, n, generator=g, device=device).to(torch.bfloat16)
+    a @ b
+    synchronize(device)
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = max(best, 2 * n ** 3 / max(time.perf_counter() - t, 1e-9))
+    return best
+
+
+def measure_bf16_peak(device: str | torch.device = "cpu", n: int | None = None, reps: int = 3,
+                      budget_s: float | None = 1.0) -> float:
+    """The bf16 matmul peak of ``device`` in GFLOP/s: best of ``reps`` n×n products (default
+    n: 2048 on CPU, 8192 on GPUs).
+
+    It is the reference for the throughput suite's "fraction of peak" and for a run's
+    normalised cost (``timing.py``). With ``budget_s`` a first 256×256 product sizes n down
+    (to a multiple of 256) so that the timed products take about that long on hosts without
+    native bf16; ``None`` keeps n as given (the throughput suite).
+    """
+    device = torch.device(device)
+    if n is None:
+        n = 8192 if device.type == "cuda" else 2048
+    if budget_s is not None:
+        rate = _matmul_rate(device, 256, 1)
+        fits = int((budget_s / (reps + 1) * rate / 2) ** (1 / 3)) // 256 * 256
+        n = max(256, min(n, fits))
+    return _matmul_rate(device, n, reps) / 1e9

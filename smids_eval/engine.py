@@ -34,6 +34,22 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+def uses_feature_cache(variant: Variant, profile: Profile) -> bool:
+    """Whether ``variant`` trains on cached prefix activations; with all five blocks trained
+    there is no frozen prefix worth caching (the plan reads this rule too)."""
+    return bool(profile.train.feature_cache and variant.unfreeze_blocks < 5)
+
+
+def cache_views(profile: Profile, augment: bool) -> int:
+    """Views per image in a feature cache: the identity plus the pre-drawn augmentations."""
+    return 1 + profile.train.views if augment else 1
+
+
+def prefix_depth(variant: Variant) -> int:
+    """Frozen conv blocks in front of the trainable suffix (``VGG19Variant.prefix_depth``)."""
+    return 5 - variant.unfreeze_blocks
+
+
 class Engine:
     """Builds the split VGG19 for ``variant`` and trains/predicts it under ``profile``.
 
@@ -64,11 +80,11 @@ class Engine:
             init_seed=init_seed)
         self.model.to(self.runtime.device, memory_format=self.runtime.memory_format)
         self._initial_suffix = copy.deepcopy(self.model.suffix.state_dict())
-        self.cached = bool(t.feature_cache and variant.unfreeze_blocks < 5)
+        self.cached = uses_feature_cache(variant, profile)
         self.cache = FeatureCache(cache_dir)
 
     def n_views(self, augment: bool) -> int:
-        return 1 + self.profile.train.views if augment else 1
+        return cache_views(self.profile, augment)
 
     def cache_key(self, fingerprint: str, augment: bool) -> dict:
         return {

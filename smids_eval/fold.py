@@ -22,8 +22,9 @@ from .evaluate.shifts import SHIFTS, shifted_copies
 from .naming import RF_SETTING, rf_name
 from .outputs import ModelOutputs
 from .run_folder import SavedFold
+from .timing import StageTimer
 from .train import Hyper
-from .tune import study_name, tune
+from .tune import study_name, trial_budget, tune
 from .variants import Variant
 
 log = logging.getLogger("smids_eval.study")
@@ -41,12 +42,13 @@ def elapsed(t0: float) -> float:
     return round(time.perf_counter() - t0, 2)
 
 
-def prediction_frame(ctx, index: np.ndarray, outputs: ModelOutputs, fold: int, variant: str,
-                     setting: str) -> pd.DataFrame:
+def prediction_frame(ctx, index: np.ndarray, outputs: ModelOutputs, repeat: int, fold: int,
+                     variant: str, setting: str) -> pd.DataFrame:
     """Per-image probabilities of the held-out fold, so every metric can be recomputed."""
     probs = outputs.probs
     frame = pd.DataFrame({"path": np.asarray(ctx.dataset.paths)[index],
-                          "group": ctx.groups[index], "fold": fold, "variant": variant,
+                          "group": ctx.groups[index], "repeat": repeat, "fold": fold,
+                          "variant": variant,
                           "setting": setting, "label": np.asarray(CLASSES)[ctx.dataset.labels[index]],
                           "predicted": np.asarray(CLASSES)[probs.argmax(1)]})
     for k, name in enumerate(CLASSES):
@@ -58,13 +60,11 @@ def prediction_frame(ctx, index: np.ndarray, outputs: ModelOutputs, fold: int, v
     return frame
 
 
-def tuned_hyper(ctx, variant: Variant, fold: int, fit_inner) -> dict:
+def tuned_hyper(ctx, variant: Variant, repeat: int, fold: int, fit_inner) -> dict:
     """Optuna over grouped inner folds of the outer training part; returns best params + info."""
     p, config = ctx.profile, ctx.config
-    n_trials = config.trials or (p.tune.trials_unfrozen if variant.unfreeze_blocks else p.tune.trials)
-    n_inner = ctx.plan.n_inner
-    if variant.unfreeze_blocks and p.tune.unfrozen_inner_folds:
-        n_inner = min(n_inner, p.tune.unfrozen_inner_folds)
+    n_trials, n_inner = trial_budget(p.tune, config.trials, bool(variant.unfreeze_blocks),
+                                     ctx.plan.n_inner)
 
     def objective(params: dict, report) -> float:
         scores = []
@@ -73,30 +73,36 @@ def tuned_hyper(ctx, variant: Variant, fold: int, fit_inner) -> dict:
             report(j, float(np.mean(scores)))
         return float(np.mean(scores))
 
-    name = study_name(variant.name, fold, p.name, ctx.dataset.fingerprint, grouped=config.grouped)
+    name = study_name(variant.name, fold, p.name, ctx.dataset.fingerprint, grouped=config.grouped,
+                      seed=config.seed, repeat=repeat, groups=ctx.groups)
     return tune(objective, name=name, storage=ctx.storage, n_trials=n_trials,
-                space=load_search_space(p.tune.search_space), seed=config.seed + fold,
+                space=load_search_space(p.tune.search_space), seed=ctx.fold_seed(repeat, fold),
                 pruner=p.tune.pruner, shared=config.storage is not None)
 
 
 class FoldRunner:
     """Builds the variant's engine and frozen features once, then runs fold after fold.
 
-    ``ctx`` is the study's ``StudyContext`` (config, profile, data, groups, splits, run folder).
+    ``ctx`` is the study's ``StudyContext`` (config, profile, data, groups, splits, run folder);
+    ``timer`` collects the run's stage times (features, tuning, final_fits, evaluation, saving,
+    rf_head) for ``timings.json``.
     """
 
-    def __init__(self, ctx, variant: Variant, rf_memo: dict):
+    def __init__(self, ctx, variant: Variant, rf_memo: dict, timer: StageTimer | None = None):
         self.ctx, self.variant, self.rf_memo = ctx, variant, rf_memo
+        self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed
-        self.engine = Engine(variant, p, device=p.device, weights=p.model.weights,
-                             cache_dir=ctx.cache_dir / "features", init_seed=seed,
-                             augment_seed=seed, progress=ctx.config.progress)
-        log.info("%s: weights %s on %s", variant.name, self.engine.weights_id,
-                 self.engine.runtime.describe())
-        self.features = self.engine.prefix_features(ctx.dataset.images,
-                                                    fingerprint=ctx.dataset.fingerprint)
-        self.far_features = {name: self._features(images) for name, images in ctx.far_ood.items()}
+        with self.timer.stage("features"):
+            self.engine = Engine(variant, p, device=p.device, weights=p.model.weights,
+                                 cache_dir=ctx.cache_dir / "features", init_seed=seed,
+                                 augment_seed=seed, progress=ctx.config.progress)
+            log.info("%s: weights %s on %s", variant.name, self.engine.weights_id,
+                     self.engine.runtime.describe())
+            self.features = self.engine.prefix_features(ctx.dataset.images,
+                                                        fingerprint=ctx.dataset.fingerprint)
+            self.far_features = {name: self._features(images)
+                                 for name, images in ctx.far_ood.items()}
         self.prov = {**ctx.provenance, "run_device": self.engine.runtime.describe(),
                      "run_precision": self.engine.runtime.precision,
                      "run_weights": self.engine.weights_id}
@@ -106,15 +112,22 @@ class FoldRunner:
         return self.engine.prefix_features(images, augment=False)[:, 0]
 
     # ------------------------------------------------------------------ per fold
-    def run(self, fold: int, bar) -> None:
+    def run(self, repeat: int, fold: int, bar) -> None:
+        """Every arm this variant computes for outer fold ``fold`` of repeat ``repeat``."""
         ctx, v = self.ctx, self.variant
-        y, plan = ctx.dataset.labels, ctx.plan
+        y, plan = ctx.dataset.labels, ctx.plans[repeat]
+        self.repeat, self.split = repeat, plan
         train_idx, test_idx = plan.outer(fold)
         inner_train, inner_val = plan.inner(fold, 0)
-        shift_idx, shifted = self._shifted(fold, test_idx)
-        force, seed = ctx.config.force, ctx.config.seed
+        with self.timer.stage("features"):
+            shift_idx, shifted = self._shifted(fold, test_idx)
+        force, seed = ctx.config.force, ctx.fold_seed(repeat, fold)
+        timer = self.timer
+        computed = {s for arm, s in ctx.arms(v) if arm == v.name}
         for setting in ctx.config.settings:
-            if ctx.run.done(v.name, fold, setting) and not force:
+            if setting not in computed:
+                continue  # an earlier variant's identical arm: reported under its row
+            if ctx.run.done(v.name, repeat, fold, setting) and not force:
                 bar.update(1)
                 continue
             t0 = time.perf_counter()
@@ -122,35 +135,42 @@ class FoldRunner:
             if setting == "specified":
                 hyper = Hyper(v.optimizer, v.learning_rate, ctx.profile.train.weight_decay)
             else:
-                best = self._tune(fold)
+                with timer.stage("tuning"):
+                    best = self._tune(fold)
                 hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
                 extra = {"tune_best_inner_macro_f1": best["best_value"], "tune_trials": best["n_trials"]}
-            result = self.engine.fit(
-                self.features[inner_train], y[inner_train], self.features[inner_val], y[inner_val],
-                hyper, seed=seed + fold,
-                history_csv=ctx.run.history(v.name, fold, setting),
-                desc=f"{v.name} fold {fold} {setting}")
-            predict = partial(self._predict, result.state_dict)
-            train_out = predict(self.features[inner_train, 0], inner_train)
-            val_out = predict(self.features[inner_val, 0], inner_val)
-            test_out = predict(self.features[test_idx, 0], test_idx)
-            shifted_out = {k: predict(x, shift_idx) for k, x in shifted.items()}
-            far_out = {k: predict(x) for k, x in self.far_features.items()}
-            row = self._evaluate(fold, setting, train_out, val_out, test_out, shifted_out, far_out)
-            row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
-                       hp_weight_decay=hyper.weight_decay, epochs_run=result.epochs_run,
-                       best_epoch=result.best_epoch, **extra)
-            artifacts = fit_confidence_artifacts(train_out, val_out, ctx.profile.evaluate,
-                                                 temperature=row["cal_temperature"])
-            model = SavedFold(variant=v.as_dict(), setting=setting, fold=fold,
+            with timer.stage("final_fits"):
+                result = self.engine.fit(
+                    self.features[inner_train], y[inner_train], self.features[inner_val],
+                    y[inner_val], hyper, seed=seed,
+                    history_csv=ctx.run.history(v.name, repeat, fold, setting),
+                    desc=f"{v.name} fold {fold} {setting}")
+            with timer.stage("evaluation"):
+                predict = partial(self._predict, result.state_dict)
+                train_out = predict(self.features[inner_train, 0], inner_train)
+                val_out = predict(self.features[inner_val, 0], inner_val)
+                test_out = predict(self.features[test_idx, 0], test_idx)
+                shifted_out = {k: predict(x, shift_idx) for k, x in shifted.items()}
+                far_out = {k: predict(x) for k, x in self.far_features.items()}
+                row = self._evaluate(fold, setting, train_out, val_out, test_out, shifted_out,
+                                     far_out)
+                row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
+                           hp_weight_decay=hyper.weight_decay, epochs_run=result.epochs_run,
+                           best_epoch=result.best_epoch, **extra)
+                artifacts = fit_confidence_artifacts(train_out, val_out, ctx.profile.evaluate,
+                                                     temperature=row["cal_temperature"])
+            model = SavedFold(variant=v.as_dict(), setting=setting, fold=fold, repeat=repeat,
                               suffix_state=result.state_dict, hyper=asdict(hyper),
                               profile=ctx.profile.as_dict(), weights=self.engine.weights_id,
                               artifacts=artifacts, provenance=self.prov)
-            self._save(row, t0, test_idx, test_out, fold, setting, model)
+            with timer.stage("saving"):
+                self._save(row, t0, test_idx, test_out, fold, setting, model)
             bar.update(1)
-        if ctx.rf_enabled:
-            if not ctx.run.done(self.rf_name, fold, RF_SETTING) or force:
-                self._random_forest(fold, inner_train, inner_val, test_idx, shift_idx, shifted)
+        if (self.rf_name, RF_SETTING) in ctx.arms(v):
+            if not ctx.run.done(self.rf_name, repeat, fold, RF_SETTING) or force:
+                with timer.stage("rf_head"):
+                    self._random_forest(fold, inner_train, inner_val, test_idx, shift_idx,
+                                        shifted)
             bar.update(1)
 
     def _predict(self, state: dict, x: torch.Tensor, idx: np.ndarray | None = None) -> ModelOutputs:
@@ -164,24 +184,25 @@ class FoldRunner:
         ctx, y = self.ctx, self.ctx.dataset.labels
 
         def fit_inner(params: dict, j: int) -> float:
-            a, b = ctx.plan.inner(fold, j)
+            a, b = self.split.inner(fold, j)
             return self.engine.fit(self.features[a], y[a], self.features[b], y[b], Hyper(**params),
-                                   seed=ctx.config.seed + fold,
+                                   seed=ctx.fold_seed(self.repeat, fold),
                                    desc=f"{self.variant.name} fold {fold} trial inner {j}"
                                    ).best_val_macro_f1
 
-        return tuned_hyper(ctx, self.variant, fold, fit_inner)
+        return tuned_hyper(ctx, self.variant, self.repeat, fold, fit_inner)
 
     def _shifted(self, fold: int, test_idx: np.ndarray) -> tuple[np.ndarray, dict]:
         """A seeded subsample of the held-out fold and its shifted copies' activations."""
         cfg = self.ctx.profile.evaluate
-        rng = np.random.default_rng(self.ctx.config.seed + fold)
+        seed = self.ctx.fold_seed(self.repeat, fold)
+        rng = np.random.default_rng(seed)
         n = min(cfg.ood_max_images, len(test_idx))
         idx = np.sort(rng.choice(test_idx, n, replace=False)) if n else test_idx[:0]
         if n == 0 or not cfg.ood_severities:
             return idx, {}
         copies = shifted_copies(self.ctx.dataset.images[idx], cfg.ood_severities,
-                                seed=self.ctx.config.seed + fold, names=list(SHIFTS))
+                                seed=seed, names=list(SHIFTS))
         return idx, {k: self._features(x) for k, x in copies.items()}
 
     def _evaluate(self, fold, setting, train_out, val_out, test_out, shifted_out, far_out) -> dict:
@@ -190,17 +211,21 @@ class FoldRunner:
         ood_sets = {**far_out, **{k: o for k, o in shifted_out.items() if k.endswith(f"_s{worst}")}}
         metrics = evaluate_fold(train_out, val_out, test_out, ood_sets=ood_sets,
                                 shifted=shifted_out, config=self.ctx.profile.evaluate)
-        return {"variant": None, "setting": setting, "fold": fold, **metrics}
+        return {"variant": None, "setting": setting, "repeat": self.repeat, "fold": fold, **metrics}
 
     def _save(self, row, t0, test_idx, test_out, fold, setting, model, name=None) -> None:
         ctx = self.ctx
         name = name or self.variant.name
-        train_idx = np.flatnonzero(ctx.plan.outer_fold != fold)
-        row.update(variant=name, n_train=len(train_idx), n_test=len(test_idx),
+        train_idx = np.flatnonzero(self.split.outer_fold != fold)
+        aliases = ctx.arm_table.aliases((name, setting))
+        row.update(variant=name, aliases="|".join(aliases), n_train=len(train_idx),
+                   n_fit=len(self.split.inner(fold, 0)[0]), n_test=len(test_idx),
                    n_groups_test=len(np.unique(ctx.groups[test_idx])),
                    wall_seconds=elapsed(t0), **self.prov)
-        ctx.run.save_fold(row, prediction_frame(ctx, test_idx, test_out, fold, name, setting), model)
-        log.info("%s fold %d %s: macro-F1 %.3f, abnormal recall %.3f (%.0fs)", name, fold, setting,
+        ctx.run.save_fold(row, prediction_frame(ctx, test_idx, test_out, self.repeat, fold, name,
+                                                setting), model)
+        log.info("%s repeat %d fold %d %s: macro-F1 %.3f, abnormal recall %.3f (%.0fs)", name,
+                 self.repeat, fold, setting,
                  row.get("cls_macro_f1", float("nan")), row.get("cls_recall_abnormal_sperm", float("nan")),
                  row["wall_seconds"])
 
@@ -210,7 +235,7 @@ class FoldRunner:
         fitted once and shared across variants (they differ only in the neural head)."""
         ctx, y, g = self.ctx, self.ctx.dataset.labels, self.ctx.groups
         t0 = time.perf_counter()
-        key = (self.variant.channels, self.engine.model.prefix_depth, fold)
+        key = (self.variant.channels, self.engine.model.prefix_depth, self.repeat, fold)
         x_all = pooled(self.features)
         if key not in self.rf_memo:
             rf = RandomForestHead(ctx.profile.evaluate.rf_grid(), n_jobs=2,

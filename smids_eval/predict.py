@@ -7,7 +7,8 @@ the profile's image_size) and passed through that fold's confidence artifacts (t
 OOD detector at the threshold keeping 95% of validation images, conformal sets, 5%-risk
 acceptance threshold).
 
-With several folds (default: every fold of the ``tuned`` setting) the folds are an ensemble:
+With several folds (default: every outer fold of repeat 0, ``tuned`` setting) the folds are an
+ensemble (each repeat re-draws the folds of the same data; ``--repeat R`` picks another):
 
 * prob_<class>: mean of the folds' temperature-scaled probabilities; predicted_class its argmax,
   max_prob its maximum;
@@ -123,14 +124,16 @@ class Predictor:
     """The fold models of one variant and setting, ready to classify uint8 images."""
 
     def __init__(self, run: str | Path, variant: str, setting: str = "tuned",
-                 fold: int | None = None, device: str = "auto", weights_file: str | None = None):
+                 fold: int | None = None, device: str = "auto", weights_file: str | None = None,
+                 repeat: int = 0):
         self.run, self.variant, self.setting = Path(run), variant, setting
-        self.paths = RunFolder(self.run).model_files(variant, setting, fold)
+        self.paths = RunFolder(self.run).model_files(variant, setting, fold, repeat)
         self.models = [RunFolder.load_model(p) for p in self.paths]
         engines: dict[tuple, Engine] = {}
         self.engines = []
         for saved, path in zip(self.models, self.paths, strict=True):
-            if saved.variant_name != variant or saved.setting != setting:
+            computed_as = RunFolder(self.run).aliases().get(variant, variant)
+            if saved.variant_name not in (variant, computed_as) or saved.setting != setting:
                 raise ConfigError(f"{path} holds {saved.variant_name} {saved.setting}, not "
                                   f"{variant} {setting}; the run folder was edited by hand: "
                                   f"rerun the study")

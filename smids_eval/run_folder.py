@@ -22,7 +22,12 @@ from .naming import dir_name, from_dir_name, is_rf
 from .toml import load_toml
 from .tomlw import dumps
 
-_FOLD_FILE = re.compile(r"fold(\d+)-(.+)")
+#: per-fold file stem: repeat r of the group-to-fold assignment, outer fold k, setting
+_FOLD_FILE = re.compile(r"r(\d+)-fold(\d+)-(.+)")
+
+
+def fold_stem(repeat: int, fold: int, setting: str) -> str:
+    return f"r{repeat}-fold{fold}-{setting}"
 
 
 @dataclass
@@ -33,6 +38,7 @@ class SavedFold:
     variant: dict            # Variant.as_dict()
     setting: str
     fold: int
+    repeat: int              # which group-to-fold assignment (0 = the seed's own)
     suffix_state: dict       # trainable suffix (trained conv blocks + head) state dict
     hyper: dict              # optimizer, learning_rate, weight_decay
     profile: dict            # Profile.as_dict() the fold was trained under
@@ -105,24 +111,30 @@ class RunFolder:
     def throughput(self) -> Path:
         return self.root / "throughput.json"
 
+    @property
+    def timings(self) -> Path:
+        """What the last invocation cost: stage seconds, peak RSS, bf16 peak, ETA."""
+        return self.root / "timings.json"
+
     def predict_csv(self, variant: str) -> Path:
         return self.root / f"predict-{dir_name(variant)}.csv"
 
     # ------------------------------------------------------------------ per-fold artefacts
-    def fold_json(self, arm: str, fold: int, setting: str) -> Path:
-        return self.root / "folds" / dir_name(arm) / f"fold{fold}-{setting}.json"
+    def fold_json(self, arm: str, repeat: int, fold: int, setting: str) -> Path:
+        return self.root / "folds" / dir_name(arm) / f"{fold_stem(repeat, fold, setting)}.json"
 
-    def predictions(self, arm: str, fold: int, setting: str) -> Path:
-        return self.root / "predictions" / dir_name(arm) / f"fold{fold}-{setting}.csv.gz"
+    def predictions(self, arm: str, repeat: int, fold: int, setting: str) -> Path:
+        return (self.root / "predictions" / dir_name(arm)
+                / f"{fold_stem(repeat, fold, setting)}.csv.gz")
 
-    def model(self, arm: str, fold: int, setting: str) -> Path:
-        return self.root / "models" / dir_name(arm) / f"fold{fold}-{setting}.pt"
+    def model(self, arm: str, repeat: int, fold: int, setting: str) -> Path:
+        return self.root / "models" / dir_name(arm) / f"{fold_stem(repeat, fold, setting)}.pt"
 
-    def history(self, arm: str, fold: int, setting: str) -> Path:
-        return self.root / "history" / dir_name(arm) / f"fold{fold}-{setting}.csv"
+    def history(self, arm: str, repeat: int, fold: int, setting: str) -> Path:
+        return self.root / "history" / dir_name(arm) / f"{fold_stem(repeat, fold, setting)}.csv"
 
-    def done(self, arm: str, fold: int, setting: str) -> bool:
-        return self.fold_json(arm, fold, setting).is_file()
+    def done(self, arm: str, repeat: int, fold: int, setting: str) -> bool:
+        return self.fold_json(arm, repeat, fold, setting).is_file()
 
     # ------------------------------------------------------------------ config
     def read_config(self) -> dict:
@@ -131,17 +143,24 @@ class RunFolder:
     def write_config(self, config: dict) -> None:
         write_text(self.config, dumps(config))
 
+    # ------------------------------------------------------------------ cost
+    def write_timings(self, record: dict) -> None:
+        write_text(self.timings, json.dumps(record, indent=1, default=float))
+
+    def read_timings(self) -> dict:
+        return json.loads(self.timings.read_text()) if self.timings.is_file() else {}
+
     # ------------------------------------------------------------------ writing a finished fold
     def save_fold(self, row: dict, predictions: pd.DataFrame, model: SavedFold | None) -> None:
         """Predictions and model first, the fold's JSON row last: a row on disk means the fold
         is complete."""
-        arm, fold, setting = row["variant"], row["fold"], row["setting"]
-        with atomic_open(self.predictions(arm, fold, setting), "wb") as fh:
+        key = row["variant"], row["repeat"], row["fold"], row["setting"]
+        with atomic_open(self.predictions(*key), "wb") as fh:
             predictions.to_csv(fh, index=False, compression={"method": "gzip", "mtime": 0})
         if model is not None:
-            save_torch(self.model(arm, fold, setting), model.to_dict())
+            save_torch(self.model(*key), model.to_dict())
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        write_text(self.fold_json(arm, fold, setting),
+        write_text(self.fold_json(*key),
                    json.dumps(clean, indent=1, sort_keys=False, default=float))
 
     # ------------------------------------------------------------------ readers
@@ -155,7 +174,7 @@ class RunFolder:
                 continue
         frame = pd.DataFrame(rows)
         if not frame.empty:
-            frame = frame.sort_values(["variant", "setting", "fold"], kind="stable")
+            frame = frame.sort_values(["variant", "setting", "repeat", "fold"], kind="stable")
         return frame.reset_index(drop=True)
 
     def write_folds_csv(self) -> pd.DataFrame:
@@ -163,39 +182,52 @@ class RunFolder:
         write_csv(self.folds_csv, frame)
         return frame
 
-    def prediction_files(self) -> list[tuple[str, int, str, Path]]:
-        """(arm, fold, setting, path) of every saved per-image prediction file."""
+    def prediction_files(self) -> list[tuple[str, int, int, str, Path]]:
+        """(arm, repeat, fold, setting, path) of every saved per-image prediction file."""
         return self._per_fold("predictions", ".csv.gz")
 
-    def history_files(self) -> list[tuple[str, int, str, Path]]:
+    def history_files(self) -> list[tuple[str, int, int, str, Path]]:
         return self._per_fold("history", ".csv")
 
-    def _per_fold(self, folder: str, suffix: str) -> list[tuple[str, int, str, Path]]:
+    def _per_fold(self, folder: str, suffix: str) -> list[tuple[str, int, int, str, Path]]:
         out = []
-        for path in sorted((self.root / folder).glob(f"*/fold*-*{suffix}")):
+        for path in sorted((self.root / folder).glob(f"*/r*-fold*-*{suffix}")):
             m = _FOLD_FILE.fullmatch(path.name.removesuffix(suffix))
             if m:
-                out.append((from_dir_name(path.parent.name), int(m[1]), m[2], path))
+                out.append((from_dir_name(path.parent.name), int(m[1]), int(m[2]), m[3], path))
         return out
 
     # ------------------------------------------------------------------ saved models
     def model_variants(self) -> list[str]:
         """Arms with at least one saved model (random-forest heads save none)."""
-        return sorted({arm for arm, _, _, _ in self._per_fold("models", ".pt")})
+        return sorted({arm for arm, *_ in self._per_fold("models", ".pt")})
 
-    def saved_models(self, arm: str, setting: str) -> list[Path]:
-        """Model files of one arm and setting in fold order (empty when there are none)."""
-        return [p for a, _, s, p in sorted(self._per_fold("models", ".pt"), key=lambda t: t[1])
-                if a == arm and s == setting]
+    def saved_models(self, arm: str, setting: str, repeat: int = 0) -> list[Path]:
+        """Model files of one arm, setting and repeat in fold order (empty when none)."""
+        return [p for a, r, _, s, p in sorted(self._per_fold("models", ".pt"), key=lambda t: t[2])
+                if a == arm and s == setting and r == repeat]
 
-    def model_files(self, variant: str, setting: str, fold: int | None = None) -> list[Path]:
-        """The saved models of one arm and setting (one fold, or every fold in order); a
-        ConfigError says what exists when the request does not."""
+    def aliases(self) -> dict[str, str]:
+        """Arm name → the arm that computed it (identical computations are run once, see
+        ``smids_eval.arms``), from the fold rows' ``aliases`` column."""
+        rows = self.rows()
+        if rows.empty or "aliases" not in rows:
+            return {}
+        return {alias: arm for arm, names in zip(rows["variant"], rows["aliases"], strict=True)
+                if isinstance(names, str) for alias in names.split("|") if alias}
+
+    def model_files(self, variant: str, setting: str, fold: int | None = None,
+                    repeat: int = 0) -> list[Path]:
+        """The saved models of one arm and setting (one fold, or every fold of one repeat in
+        order); an alias resolves to the arm that computed it; a ConfigError says what exists
+        when the request does not."""
         if not self.root.is_dir():
             raise ConfigError(f"run folder {self.root} does not exist; pass a folder written by "
                               f"python -m smids_eval.study (e.g. results/<run-name>)")
-        saved = self._per_fold("models", ".pt")
+        saved = [(a, k, s, p) for a, r, k, s, p in self._per_fold("models", ".pt") if r == repeat]
         variants = sorted({a for a, _, _, _ in saved})
+        if variant not in variants and variant in self.aliases():
+            variant = self.aliases()[variant]
         if not variants:
             raise ConfigError(f"{self.root} has no saved models under models/; is it a finished "
                               f"study run folder? (only neural variants save models, not +RF heads)")
@@ -207,7 +239,7 @@ class RunFolder:
         for a, k, s, path in saved:
             if a == variant:
                 found.setdefault(s, {})[k] = path
-        folder = self.model(variant, 0, setting).parent
+        folder = self.model(variant, repeat, 0, setting).parent
         if setting not in found:
             raise ConfigError(f"variant {variant} has no {setting!r} models in {folder}; available "
                               f"settings: {', '.join(sorted(found))} (pass --setting)")
@@ -228,4 +260,4 @@ class RunFolder:
 
     @staticmethod
     def fold_of(model_path: Path) -> int:
-        return int(_FOLD_FILE.fullmatch(Path(model_path).stem)[1])
+        return int(_FOLD_FILE.fullmatch(Path(model_path).stem)[2])

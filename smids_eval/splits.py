@@ -1,8 +1,10 @@
 """Donor-grouped outer/inner cross-validation folds, the leakage check, and the split CSV.
 
-Outer folds: ``StratifiedGroupKFold`` (k equal to the number of groups = leave-one-donor-out).
+Outer folds: ``StratifiedGroupKFold`` (k equal to the number of groups = leave-one-group-out).
 Inside each outer training part, a grouped inner k-fold: fold 0 is the validation part used for
-early stopping and calibration of the final model; all inner folds serve tuning.
+early stopping and calibration of the final model; all inner folds serve tuning. Repeated CV
+re-draws the group-to-fold assignment with ``repeat_seed(seed, r)``; repeat 0 is the seed's own
+assignment, so a one-repeat run and the first repeat of a longer one coincide.
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ class SplitPlan:
             check_no_leakage(self.groups, train, val, f"outer fold {f}, inner fold {j}")
         return train, val
 
-    def to_frame(self, paths: list[str]) -> pd.DataFrame:
+    def to_frame(self, paths: list[str], repeat: int = 0) -> pd.DataFrame:
         frame = pd.DataFrame({"path": paths, "group": self.groups, "label": self.labels,
-                              "outer_fold": self.outer_fold})
+                              "repeat": repeat, "outer_fold": self.outer_fold})
         for f in range(self.inner_fold.shape[1]):
             frame[f"inner_fold_o{f}"] = self.inner_fold[:, f]
         return frame
@@ -120,3 +122,23 @@ def make_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 5, inner_
             raise ConfigError(f"inner split of outer fold {f}: {exc}") from exc
     return SplitPlan(groups=groups, labels=labels, outer_fold=outer, inner_fold=inner,
                      seed=seed, grouped=grouped).check()
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """Seed of repeat ``repeat``'s folds (and of its fold-level draws): repeat 0 keeps ``seed``."""
+    return seed + 1000 * repeat
+
+
+def make_repeated_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 5,
+                         inner_k: int = 3, seed: int = 0, repeats: int = 1,
+                         grouped: bool = True) -> list[SplitPlan]:
+    """``repeats`` independent nested fold assignments (repeated grouped k-fold CV)."""
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be ≥ 1 (got {repeats})")
+    return [make_splits(labels, groups, outer_k, inner_k, repeat_seed(seed, r), grouped)
+            for r in range(repeats)]
+
+
+def splits_frame(plans: list[SplitPlan], paths: list[str]) -> pd.DataFrame:
+    """splits.csv: one block of rows per repeat (``repeat`` column)."""
+    return pd.concat([p.to_frame(paths, r) for r, p in enumerate(plans)], ignore_index=True)

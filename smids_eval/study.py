@@ -6,8 +6,12 @@ settings and with the tuned ones, evaluate both on the held-out fold (metrics, c
 MC-dropout, selective prediction, conformal sets, shifts, OOD detection), add a random-forest head
 on the same frozen features, and write results atomically into a resumable run folder.
 
+With ``plan_only`` (``--plan``) nothing is trained or written: ``run_study`` returns the
+``StudyPlan`` (counts and ETA). A real run logs that plan at its start and writes what it cost
+(stage times, peak memory, the bf16 matmul peak, the ETA) to ``timings.json``.
+
 This module orchestrates; fold work is ``fold.py``, the folder format ``run_folder.py``, the
-command line ``cli.py``.
+plan ``plan.py``, the cost ``timing.py``, the command line ``cli.py``.
 """
 
 from __future__ import annotations
@@ -21,20 +25,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .arms import ArmTable
 from .config import Profile
 from .data import Dataset, load_dataset
 from .data.cache import default_cache_dir
+from .device import measure_bf16_peak, resolve_device
 from .errors import ConfigError
 from .fold import FoldRunner
 from .groups import resolve_groups
 from .io import write_csv
 from .naming import RF_SETTING, rf_name
+from .plan import StudyPlan, plan_study
 from .provenance import git_commit
 from .report.comparisons import compare
 from .report.leaderboard import merge_runs, summarise
 from .run_folder import RunFolder
-from .splits import SplitPlan, make_splits
+from .splits import SplitPlan, make_repeated_splits, splits_frame
 from .study_config import StudyConfig
+from .timing import RunCost, StageTimer
 from .toml import loads
 from .tomlw import dumps
 from .tune import open_storage
@@ -57,12 +65,26 @@ class StudyContext:
     dataset: Dataset
     groups: np.ndarray
     grouping: str
-    plan: SplitPlan
+    plans: list[SplitPlan]          # one nested fold assignment per repeat
     run: RunFolder
-    storage: object
+    storage: object                 # Optuna storage; None until ``open_run`` (never with --plan)
     far_ood: dict[str, np.ndarray]
     provenance: dict
     cache_dir: Path
+    arm_table: ArmTable | None = None
+
+    def __post_init__(self):
+        if self.arm_table is None:
+            self.arm_table = ArmTable.build(self.variants, self.config.settings, self.rf_enabled)
+
+    @property
+    def plan(self) -> SplitPlan:
+        """Repeat 0's folds (every repeat has the same number of outer and inner folds)."""
+        return self.plans[0]
+
+    @property
+    def repeats(self) -> int:
+        return len(self.plans)
 
     @property
     def rf_enabled(self) -> bool:
@@ -74,11 +96,20 @@ class StudyContext:
         return self.config.seed
 
     def arms(self, variant: Variant) -> list[tuple[str, str]]:
-        """(arm name, setting) of every result a variant contributes to one fold."""
+        """(arm name, setting) of every result a variant computes for one fold: arms that are
+        the same computation as an earlier variant's are that arm's aliases, not recomputed."""
         arms = [(variant.name, s) for s in self.config.settings]
         if self.rf_enabled:
             arms.append((rf_name(variant.name), RF_SETTING))
-        return arms
+        return [a for a in arms if self.arm_table.computes(a)]
+
+    def units(self) -> list[tuple[int, int]]:
+        """(repeat, outer fold) pairs this invocation covers."""
+        return [(r, f) for r in range(self.repeats) for f in self.folds()]
+
+    def fold_seed(self, repeat: int, fold: int) -> int:
+        """Seed of one outer fold's draws (training, tuning sampler, shift subsample)."""
+        return self.config.seed + fold + 1000 * repeat
 
     def folds(self) -> list[int]:
         folds = sorted(set(self.config.only_folds)) or list(range(self.plan.n_outer))
@@ -90,11 +121,12 @@ class StudyContext:
 
 @dataclass
 class StudyResult:
-    """A finished (or resumed) study: its run folder and its fold rows."""
+    """A finished (or resumed) study: its run folder, its fold rows and what it cost."""
 
     run: RunFolder
     folds: pd.DataFrame
     context: StudyContext
+    cost: RunCost
 
     @property
     def leaderboard(self) -> pd.DataFrame:
@@ -110,8 +142,9 @@ def run_name(config: StudyConfig, profile: Profile, dataset: Dataset) -> str:
             f"-seed{config.seed}{split}")
 
 
-def prepare(config: StudyConfig) -> StudyContext:
-    """Validate everything and lay out the run folder before any training starts."""
+def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
+    """Validate everything and (with ``write``) lay out the run folder before any training
+    starts. ``write=False`` (``--plan``) reads the data and an existing run folder only."""
     variants = select_variants(list(config.variants))  # unknown names fail here
     profile = config.resolve_profile(torch.cuda.is_available())
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -123,22 +156,30 @@ def prepare(config: StudyConfig) -> StudyContext:
     groups, grouping = resolve_groups(dataset, config.groups_file, n_groups=config.n_groups,
                                       seed=config.seed)
     log.info("groups: %s (%d groups)", grouping, len(np.unique(groups)))
-    plan = make_splits(dataset.labels, groups, profile.cv.outer_folds, profile.cv.inner_folds,
-                       config.seed, grouped=config.grouped)
+    plans = make_repeated_splits(dataset.labels, groups, profile.cv.outer_folds,
+                                 profile.cv.inner_folds, config.seed, profile.cv.repeats,
+                                 grouped=config.grouped)
     run = RunFolder(Path(config.out) / run_name(config, profile, dataset))
-    saved = run_config(config, profile, dataset, grouping, run)
-    _check_config(run, saved)
-    storage = open_storage(config.storage, run.root)
-    run.write_config(saved)
-    write_csv(run.splits, plan.to_frame(dataset.paths))
+    _check_config(run, run_config(config, profile, dataset, grouping, run))
     provenance = {
         "run": run.root.name, "run_commit": git_commit(), "run_profile": profile.name,
         "run_grouping": grouping, "run_split": config.split,
         "run_data_source": dataset.source.origin, "run_data_fingerprint": dataset.fingerprint,
         "run_seed": config.seed,
     }
-    return StudyContext(config, variants, profile, dataset, groups, grouping, plan, run, storage,
-                        far_ood_images(profile, config), provenance, cache_dir)
+    ctx = StudyContext(config, variants, profile, dataset, groups, grouping, plans, run, None,
+                       far_ood_images(profile, config), provenance, cache_dir)
+    if write:
+        open_run(ctx)
+    return ctx
+
+
+def open_run(ctx: StudyContext) -> None:
+    """The run folder's first files, for a real run only: the Optuna storage (checked before
+    anything is written), ``config.toml`` and ``splits.csv``."""
+    ctx.storage = open_storage(ctx.config.storage, ctx.run.root)
+    ctx.run.write_config(run_config(ctx.config, ctx.profile, ctx.dataset, ctx.grouping, ctx.run))
+    write_csv(ctx.run.splits, splits_frame(ctx.plans, ctx.dataset.paths))
 
 
 def run_config(config: StudyConfig, profile: Profile, dataset: Dataset, grouping: str,
@@ -183,34 +224,58 @@ def far_ood_images(profile: Profile, config: StudyConfig) -> dict[str, np.ndarra
 # --------------------------------------------------------------------------- orchestration
 
 
-def run_study(config: StudyConfig) -> StudyResult:
-    """Run (or resume) a study: every variant × fold × setting not done yet, then the tables."""
-    return run_prepared(prepare(config))
+def run_study(config: StudyConfig) -> StudyResult | StudyPlan:
+    """Run (or resume) a study: every variant × fold × setting not done yet, then the tables.
+    With ``config.plan_only``: the plan only (nothing trained, nothing written)."""
+    timer = StageTimer()
+    with timer.stage("prepare"):
+        ctx = prepare(config, write=not config.plan_only)
+    if config.plan_only:
+        plan = plan_study(ctx)
+        log.info("plan: %s", plan.summary())
+        return plan
+    return run_prepared(ctx, RunCost(timer))
 
 
-def run_prepared(ctx: StudyContext) -> StudyResult:
-    """Every variant × fold × setting not done yet (all of them with ``force``), then the CSVs."""
-    config = ctx.config
-    folds = ctx.folds()
-    per_fold = len(config.settings) + (1 if ctx.rf_enabled else 0)
-    bar = tqdm(total=len(ctx.variants) * len(folds) * per_fold, desc="study", unit="fit",
-               disable=not config.progress, dynamic_ncols=True)
+def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
+    """Every variant × fold × setting not done yet (all of them with ``force``), then the CSVs
+    and ``timings.json``. ``cost`` carries a timer (and a bf16 peak) started by the caller."""
+    if ctx.storage is None:
+        raise ValueError("run_prepared needs a context from prepare(config, write=True)")
+    config, cost = ctx.config, cost or RunCost()
+    timer = cost.timer
+    with timer.stage("probes"):
+        device = resolve_device(ctx.profile.device)
+        cost.device = str(device)
+        if cost.peak_gflops is None:
+            cost.peak_gflops = measure_bf16_peak(device)
+        plan = plan_study(ctx)
+        cost.plan = plan.as_dict()
+    log.info("plan: %s (bf16 matmul peak %.0f GFLOP/s)", plan.summary(), cost.peak_gflops)
+    units = ctx.units()
+    bar = tqdm(total=sum(len(ctx.arms(v)) for v in ctx.variants) * len(units), desc="study",
+               unit="fit", disable=not config.progress, dynamic_ncols=True)
     rf_memo: dict = {}
     for variant in ctx.variants:
-        pending = [f for f in folds if config.force
-                   or not all(ctx.run.done(n, f, s) for n, s in ctx.arms(variant))]
-        bar.update(per_fold * (len(folds) - len(pending)))
+        arms = ctx.arms(variant)
+        pending = [u for u in units if config.force
+                   or not all(ctx.run.done(n, *u, s) for n, s in arms)]
+        bar.update(len(arms) * (len(units) - len(pending)))
         if not pending:
             log.info("%s: every fold already done (use --force to redo)", variant.name)
             continue
-        runner = FoldRunner(ctx, variant, rf_memo)
-        for fold in pending:
-            bar.set_description(f"study {variant.name} fold {fold} [0-{ctx.plan.n_outer - 1}]")
-            runner.run(fold, bar)
+        runner = FoldRunner(ctx, variant, rf_memo, timer)
+        for repeat, fold in pending:
+            bar.set_description(f"study {variant.name} repeat {repeat} fold {fold} "
+                                f"[0-{ctx.plan.n_outer - 1}]")
+            runner.run(repeat, fold, bar)
     bar.close()
-    frame = write_tables(ctx.run, Path(config.out))
-    log.info("results in %s", ctx.run.root)
-    return StudyResult(ctx.run, frame, ctx)
+    with timer.stage("tables"):
+        frame = write_tables(ctx.run, Path(config.out))
+    ctx.run.write_timings(cost.record())
+    log.info("results in %s (%.0f s; ETA was %s s)", ctx.run.root, timer.wall(),
+             cost.plan.get("eta_s"))
+    return StudyResult(ctx.run, frame, ctx, cost)
 
 
 def write_tables(run: RunFolder, out: Path) -> pd.DataFrame:

@@ -35,6 +35,7 @@ class StudyConfig:
     seed: int = 0                               # splits, sampler, initialisation
     folds: int | None = None                    # outer folds
     inner_folds: int | None = None
+    repeats: int | None = None                  # repeated CV: group-to-fold re-draws
     only_folds: tuple[int, ...] = ()            # run only these outer folds (default: all)
     trials: int | None = None                   # Optuna trials per variant and fold
     storage: str | None = None                  # SQLAlchemy URL or *.journal shared by workers
@@ -50,6 +51,7 @@ class StudyConfig:
     cache_dir: str | None = None
     force: bool = False                         # redo finished folds of the selected variants
     progress: bool = True
+    plan_only: bool = False                     # --plan: print counts and ETA; train, write nothing
 
     def __post_init__(self):
         # accept lists from notebooks and TOML, store tuples (hashable, immutable)
@@ -106,6 +108,8 @@ class StudyConfig:
             cv["outer_folds"] = self.folds
         if self.inner_folds is not None:
             cv["inner_folds"] = self.inner_folds
+        if self.repeats is not None:
+            cv["repeats"] = self.repeats
         if self.weights:
             model["weights"] = self.weights
         if self.weights_file:
@@ -115,6 +119,8 @@ class StudyConfig:
                                       device=self.device or profile.device)
         except TypeError as exc:
             raise ConfigError(f"overrides: {exc}") from exc
+        if profile.cv.repeats < 1:
+            raise ConfigError(f"--repeats must be ≥ 1 (got {profile.cv.repeats})")
         if profile.cv.outer_folds < 2 or profile.cv.inner_folds < 2:
             raise ConfigError(f"--folds and --inner-folds must be ≥ 2 (got "
                               f"{profile.cv.outer_folds}, {profile.cv.inner_folds})")

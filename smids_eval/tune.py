@@ -18,7 +18,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from .config import SearchSpace
+from .config import SearchSpace, TuneConfig
 from .errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,31 @@ def open_storage(storage: str | None, out_dir: Path):
     raise AssertionError("unreachable")
 
 
-def study_name(variant: str, fold: int, profile: str, fingerprint: str, grouped: bool = True) -> str:
+def study_name(variant: str, fold: int, profile: str, fingerprint: str, grouped: bool = True,
+               seed: int = 0, repeat: int = 0, groups=None) -> str:
+    """Optuna study of one variant's tuning in one outer fold. Everything that changes the
+    fold's training part is in the name (data, grouping, split, seed, repeat), so workers that
+    share a storage never reuse trials tuned on another split."""
+    import hashlib
+
+    import numpy as np
+
     split = "" if grouped else "-random-split"
-    return f"smids-{variant}-fold{fold}-{profile}-{fingerprint}{split}"
+    hashed = "" if groups is None else "-g" + hashlib.sha256(
+        "\n".join(map(str, np.asarray(groups))).encode()).hexdigest()[:8]
+    return (f"smids-{variant}-r{repeat}-fold{fold}-{profile}-{fingerprint}{hashed}-seed{seed}"
+            f"{split}")
+
+
+def trial_budget(cfg: TuneConfig, trials: int | None, unfrozen: bool, n_inner: int
+                 ) -> tuple[int, int]:
+    """(trials, inner folds per trial) of one variant's tuning in one outer fold: ``--trials``
+    overrides the profile; variants that train conv blocks (``unfrozen``) are costly, so they
+    get ``trials_unfrozen`` and at most ``unfrozen_inner_folds`` inner folds (0 = all)."""
+    n_trials = trials or (cfg.trials_unfrozen if unfrozen else cfg.trials)
+    if unfrozen and cfg.unfrozen_inner_folds:
+        n_inner = min(n_inner, cfg.unfrozen_inner_folds)
+    return n_trials, n_inner
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:

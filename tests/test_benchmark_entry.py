@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -38,3 +39,19 @@ def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path):
     assert (out / "leaderboard.csv").is_file()
     board = pd.read_csv(out / "leaderboard.csv")
     assert {"grouped", "random"} == set(board["run_split"])
+    # the study's timings.json covers the whole job; the twin has its own
+    timings = json.loads((grouped / "timings.json").read_text())
+    assert {"prepare", "final_fits", "random_split", "report"} <= set(timings["stages_s"])
+    assert sum(timings["stages_s"].values()) <= timings["wall_s"]
+    assert "final_fits" in json.loads((random_split / "timings.json").read_text())["stages_s"]
+
+
+def test_benchmark_plan_prints_the_study_and_its_random_split_twin(tmp_path, capsys):
+    out = tmp_path / "results"
+    args = ["--profile", TINY, "--variant", "B.0", "--settings", "specified", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--plan"]
+    assert module_main("benchmark", args) == 0
+    text = capsys.readouterr().out
+    runs = re.findall(r"^plan for run (\S+)", text, re.M)
+    assert len(runs) == 2 and runs[1] == runs[0] + "-random-split"
+    assert not out.exists()

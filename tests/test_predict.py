@@ -84,7 +84,7 @@ def test_grey_variant_reproduces_the_studys_held_out_outputs(run):
     """Rebuilt A.0 fold-0 model (random prefix from the run seed) gives exactly the study's
     held-out probabilities, temperature scaled; no MC-dropout numbers for a non-dropout head."""
     run_dir, data = run
-    stored = pd.read_csv(run_dir / "predictions" / "A.0" / "fold0-tuned.csv.gz").head(12)
+    stored = pd.read_csv(run_dir / "predictions" / "A.0" / "r0-fold0-tuned.csv.gz").head(12)
     predictor = Predictor(run_dir, "A.0", fold=0)
     frame = predictor.predict_paths([data / p for p in stored.path])
     assert (frame.status == "ok").all() and frame.mc_mi.isna().all()

@@ -95,8 +95,8 @@ def test_rebuilt_models_reproduce_saved_predictions_and_gradcam(study):
     run, dataset = study
     index = {p: i for i, p in enumerate(dataset.paths)}
     for variant, channels in (("F.1", 3), ("A.0", 1)):
-        model, v = load_fold_model(run / "models" / variant / "fold0-specified.pt", init_seed=1)
-        preds = pd.read_csv(run / "predictions" / variant / "fold0-specified.csv.gz")
+        model, v = load_fold_model(run / "models" / variant / "r0-fold0-specified.pt", init_seed=1)
+        preds = pd.read_csv(run / "predictions" / variant / "r0-fold0-specified.csv.gz")
         x = model_input(dataset.images[[index[p] for p in preds["path"]]], v.channels)
         assert x.shape[1] == channels
         with torch.no_grad():

@@ -69,14 +69,94 @@ def test_writes_every_file_with_documented_columns(finished_run):
     assert (tuned["tune_trials"] >= 2).all()
 
     board = pd.read_csv(run / "leaderboard.csv")
-    assert list(board.columns[:3]) == ["variant", "setting", "n_folds"]
-    assert board.columns[3].startswith("cls_recall_abnormal_sperm")
+    assert list(board.columns[:5]) == ["variant", "setting", "n_folds", "n_repeats", "aliases"]
+    assert board.columns[5].startswith("cls_recall_abnormal_sperm")
     for stat in ["mean", "std", "ci95_low", "ci95_high"]:
         assert f"cls_macro_f1_{stat}" in board
     assert board["cls_macro_f1_mean"].is_monotonic_decreasing
     comps = pd.read_csv(run / "comparisons.csv")
     assert {"metric", "a", "b", "mean_diff", "p_corrected_t", "p_wilcoxon", "p_holm",
             "cohens_dz"} <= set(comps.columns)
+
+
+STAGES = {"prepare", "probes", "features", "tuning", "final_fits", "evaluation", "saving",
+          "rf_head", "tables"}
+
+
+def test_timings_json_records_what_the_run_cost(finished_run):
+    """Kept before the resume tests: they rewrite timings.json with a resume's (tiny) cost."""
+    _, run, _ = finished_run
+    timings = json.loads((run / "timings.json").read_text())
+    for key in ["wall_s", "stages_s", "peak_rss_mb", "peak_rss_children_mb", "device",
+                "bf16_peak_gflops", "normalised_wall_s", "eta_s", "plan"]:
+        assert key in timings, key
+    stages = timings["stages_s"]
+    assert set(stages) <= STAGES
+    assert {"features", "tuning", "final_fits", "evaluation", "rf_head"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    assert 0 < sum(stages.values()) <= timings["wall_s"]
+    assert timings["bf16_peak_gflops"] > 0 and timings["peak_rss_mb"] > 0
+    assert timings["normalised_wall_s"] == pytest.approx(
+        timings["wall_s"] * timings["bf16_peak_gflops"] / 700, abs=0.2)
+    assert timings["eta_s"] > 0 and timings["plan"]["results_total"] == 12
+    folds = pd.read_csv(run / "folds.csv")
+    assert not {"wall_s", "eta_s", "bf16_peak_gflops"} & set(folds.columns)  # results unchanged
+
+
+def _files(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _optuna_trials(run: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(run / "optuna.db") as db:
+        return db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+
+
+def test_plan_counts_what_the_run_does_and_writes_nothing(finished_run, tmp_path, caplog):
+    """The plan of the same study in an empty folder counts exactly the fold rows and Optuna
+    trials the fixture's run produced; planning writes nothing; a real run logs its plan."""
+    import logging
+
+    from smids_eval import StudyPlan
+
+    out, run, config = finished_run
+    fresh = tmp_path / "fresh"
+    plan = run_study(config.replace(out=str(fresh), plan_only=True))
+    assert isinstance(plan, StudyPlan)
+    assert not fresh.exists()                       # no run folder, no optuna.db, nothing
+    assert plan.run == run.name and plan.results_done == 0
+    assert plan.results_total == len(pd.read_csv(run / "folds.csv")) == 12
+    assert plan.trials_total == _optuna_trials(run) == 2 * 1 + 2 * 2  # F.1: 1 trial, A.0: 2
+    by_name = {v.name: v for v in plan.variants}
+    assert (by_name["F.1"].trials, by_name["F.1"].inner_folds) == (1, 2)
+    assert (by_name["A.0"].trials, by_name["A.0"].inner_folds) == (2, 2)
+    assert {tuple(c) for c in plan.feature_caches} == {("rgb", 4, 2, 32), ("grey", 5, 1, 32)}
+    assert plan.eta_s is not None and plan.eta_s > 0 and plan.rates
+    text = plan.describe()
+    assert "F.1" in text and "A.0" in text and "ETA" in text
+
+    before = _files(out)
+    again = run_study(config.replace(plan_only=True))   # on the finished run: all done
+    assert _files(out) == before
+    assert again.results_done == again.results_total == 12
+    assert again.trials_total == 0 and again.eta_s == 0.0
+
+    with caplog.at_level(logging.INFO, logger="smids_eval.study"):
+        run_study(config)
+    assert ("plan: 2 variants × 2 settings (+RF) × 1 repeats × 2 folds (identical arms once): "
+            "12 results, 12 done") in caplog.text
+
+
+def test_cli_plan_prints_the_plan_and_writes_nothing(tmp_path, cache_dir, capsys):
+    out = tmp_path / "out"
+    args = ["--profile", TINY, "--variant", "B.0", "--out", str(out), "--cache-dir",
+            str(cache_dir), "--no-progress", "--plan"]
+    assert module_main("study", args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("plan for run ") and "B.0" in text and "feature caches" in text
+    assert not out.exists()
 
 
 def test_no_group_in_train_and_test_and_predictions_recompute_metrics(finished_run):
@@ -88,16 +168,16 @@ def test_no_group_in_train_and_test_and_predictions_recompute_metrics(finished_r
         assert not test & train
     folds = pd.read_csv(run / "folds.csv")
     row = folds[(folds.variant == "F.1") & (folds.setting == "tuned") & (folds.fold == 1)].iloc[0]
-    pred = pd.read_csv(run / "predictions" / "F.1" / "fold1-tuned.csv.gz")
+    pred = pd.read_csv(run / "predictions" / "F.1" / "r0-fold1-tuned.csv.gz")
     assert set(pred["path"]) == set(splits.loc[splits.outer_fold == 1, "path"])
     assert (pred["label"] == pred["predicted"]).mean() == pytest.approx(row["cls_accuracy"])
-    assert (run / "models" / "F.1" / "fold1-tuned.pt").is_file()
-    assert (run / "history" / "F.1" / "fold1-tuned.csv").is_file()
+    assert (run / "models" / "F.1" / "r0-fold1-tuned.pt").is_file()
+    assert (run / "history" / "F.1" / "r0-fold1-tuned.csv").is_file()
 
 
 def test_resume_skips_finished_work_and_force_redoes_it(finished_run):
     out, run, config = finished_run
-    marker = run / "folds" / "F.1" / "fold0-tuned.json"
+    marker = run / "folds" / "F.1" / "r0-fold0-tuned.json"
     before = marker.stat().st_mtime_ns
     t0 = time.perf_counter()
     again = run_study(config)
@@ -106,7 +186,7 @@ def test_resume_skips_finished_work_and_force_redoes_it(finished_run):
     assert len(again.folds) == 12
     run_study(config.replace(variants=("F.1",), force=True, settings=("specified",)))
     assert marker.stat().st_mtime_ns == before  # tuned not selected: untouched
-    assert (run / "folds" / "F.1" / "fold0-specified.json").stat().st_mtime_ns > before
+    assert (run / "folds" / "F.1" / "r0-fold0-specified.json").stat().st_mtime_ns > before
 
 
 def _parse_run_file(path: Path) -> bool:

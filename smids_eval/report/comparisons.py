@@ -1,4 +1,4 @@
-"""Paired comparisons of variants across the same outer folds.
+"""Paired comparisons of variants across the same outer folds (of every repeat).
 
 Nadeau & Bengio's corrected resampled t-test (the fold differences are not independent: the
 training parts overlap), Wilcoxon signed-rank as a rank-based check, Cohen's d_z as effect size,
@@ -13,16 +13,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .leaderboard import held_out_ratio
+
 COMPARED = ("cls_macro_f1", "cls_recall_abnormal_sperm", "cls_accuracy")
 
 
-def corrected_t_test(diff: np.ndarray, test_train_ratio: float) -> tuple[float, float]:
+def corrected_t_test(diff: np.ndarray, held_out_ratio: float) -> tuple[float, float]:
     """Nadeau–Bengio corrected resampled t statistic and two-sided p over k fold differences."""
     k = len(diff)
     var = diff.var(ddof=1)
     if k < 2 or var == 0:
         return float("nan"), float("nan")
-    t = diff.mean() / np.sqrt((1 / k + test_train_ratio) * var)
+    t = diff.mean() / np.sqrt((1 / k + held_out_ratio) * var)
     return float(t), float(2 * stats.t.sf(abs(t), k - 1))
 
 
@@ -43,10 +45,13 @@ def compare(folds: pd.DataFrame, metrics=COMPARED) -> pd.DataFrame:
     """All pairs of (variant, setting) rows that share their folds, for each metric."""
     folds = folds.copy()
     folds["arm"] = folds["variant"] + " [" + folds["setting"] + "]"
+    if "repeat" not in folds:
+        folds["repeat"] = 0
+    ratio = held_out_ratio(folds) or 0.25
     rows = []
     for metric in [m for m in metrics if m in folds]:
-        table = folds.pivot_table(index="fold", columns="arm", values=metric, aggfunc="first")
-        ratio = (folds["n_test"] / folds["n_train"]).mean() if {"n_test", "n_train"} <= set(folds) else 0.25
+        table = folds.pivot_table(index=["repeat", "fold"], columns="arm", values=metric,
+                                  aggfunc="first")
         for a, b in itertools.combinations(table.columns, 2):
             pair = table[[a, b]].dropna()
             if len(pair) < 2:

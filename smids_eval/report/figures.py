@@ -23,8 +23,9 @@ from ..evaluate.calibration import plot_reliability  # noqa: E402
 from ..evaluate.ood import DETECTORS  # noqa: E402
 from ..evaluate.selective import risk_coverage_curve  # noqa: E402
 from ..io import atomic_open  # noqa: E402
-from ..naming import RF_SUFFIX, arm_label, from_dir_name, is_rf  # noqa: E402
+from ..naming import RF_SUFFIX, arm_label, is_rf  # noqa: E402
 from ..outputs import softmax  # noqa: E402
+from ..run_folder import RunFolder  # noqa: E402
 
 DPI = 110
 sns.set_theme(style="whitegrid", context="paper")
@@ -47,20 +48,19 @@ arm = arm_label  # short alias used throughout the figures
 
 def load_predictions(root: str | Path) -> pd.DataFrame:
     """Every held-out prediction of the run (empty frame when there are none)."""
-    files = sorted(Path(root).glob("predictions/*/fold*-*.csv.gz"))
+    files = RunFolder(Path(root)).prediction_files()
     if not files:
         return pd.DataFrame()
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    return pd.concat([pd.read_csv(f[-1]) for f in files], ignore_index=True)
 
 
 def load_histories(root: str | Path) -> pd.DataFrame:
-    """Training histories with ``variant``, ``fold`` and ``setting`` columns added."""
+    """Training histories with ``variant``, ``repeat``, ``fold`` and ``setting`` columns."""
     frames = []
-    for f in sorted(Path(root).glob("history/*/fold*-*.csv")):
-        m = re.fullmatch(r"fold(\d+)-(.+)\.csv", f.name)
-        if m and f.stat().st_size > 0:
-            h = pd.read_csv(f)
-            frames.append(h.assign(variant=from_dir_name(f.parent.name), fold=int(m[1]), setting=m[2]))
+    for arm, repeat, fold, setting, f in RunFolder(Path(root)).history_files():
+        if f.stat().st_size > 0:
+            frames.append(pd.read_csv(f).assign(variant=arm, repeat=repeat, fold=fold,
+                                                setting=setting))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -199,11 +199,14 @@ def reliability(preds: pd.DataFrame, folds: pd.DataFrame, arms: list[tuple[str, 
                 path: Path) -> Path:
     """Reliability diagrams before / after each fold's temperature, one row per arm."""
     fig, axes = _subplots(len(arms), 2, figsize=(8, 3.6 * len(arms)), squeeze=False)
-    temps = folds.set_index(["variant", "setting", "fold"])["cal_temperature"]
+    folds = folds if "repeat" in folds else folds.assign(repeat=0)
+    temps = folds.set_index(["variant", "setting", "repeat", "fold"])["cal_temperature"]
     for row, (variant, setting) in zip(axes, arms, strict=True):
         part = preds[(preds["variant"] == variant) & (preds["setting"] == setting)]
         probs, labels = prob_matrix(part), label_index(part["label"])
-        t = [temps.get((variant, setting, f), 1.0) for f in part["fold"]]
+        keys = zip(part["repeat"] if "repeat" in part else [0] * len(part), part["fold"],
+                   strict=True)
+        t = [temps.get((variant, setting, r, f), 1.0) for r, f in keys]
         plot_reliability(probs, labels, row[0], title=f"{arm(variant, setting)}: raw")
         plot_reliability(temperature_scaled(probs, np.nan_to_num(t, nan=1.0)), labels, row[1],
                          title="after temperature scaling")
@@ -294,13 +297,15 @@ def shift_accuracy(table: pd.DataFrame, path: Path) -> Path:
 def rf_pairs(folds: pd.DataFrame, setting: str = "tuned") -> pd.DataFrame:
     """Per fold: macro-F1 of each variant's neural head and of its random-forest head."""
     rows = []
+    folds = folds if "repeat" in folds else folds.assign(repeat=0)
     for variant in sorted(v for v in folds["variant"].unique() if is_rf(v)):
         base = variant.removesuffix(RF_SUFFIX)
-        rf = folds[folds["variant"] == variant].set_index("fold")["cls_macro_f1"]
+        rf = folds[folds["variant"] == variant].set_index(["repeat", "fold"])["cls_macro_f1"]
         nn = folds[(folds["variant"] == base) & (folds["setting"] == setting)]
-        nn = nn.set_index("fold")["cls_macro_f1"]
-        for fold in rf.index.intersection(nn.index):
-            rows.append({"variant": base, "fold": fold, "neural": nn[fold], "random_forest": rf[fold]})
+        nn = nn.set_index(["repeat", "fold"])["cls_macro_f1"]
+        for key in rf.index.intersection(nn.index):
+            rows.append({"variant": base, "repeat": key[0], "fold": key[1], "neural": nn[key],
+                         "random_forest": rf[key]})
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,10 @@
-"""Per-fold rows → one leaderboard row per (variant, setting): mean, std, 95% interval over folds."""
+"""Per-fold rows → one leaderboard row per (variant, setting): mean, std, 95% interval over the
+repeats × folds, and the spread between repeats.
+
+The folds of repeated CV share training data, so a plain t-interval over R×K fold scores is far
+too narrow; the interval uses Nadeau & Bengio's corrected variance, (1/n + n_test/n_fit)·s²,
+with the true ratio of held-out to fitted images (the models are fitted on the inner-training
+part of each outer training set)."""
 
 from __future__ import annotations
 
@@ -36,26 +42,47 @@ def metric_columns(folds: pd.DataFrame) -> list[str]:
     return head + sorted(c for c in cols if c not in head)
 
 
-def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean over folds (NaN with fewer than two folds)."""
+def t_interval(values: np.ndarray, level: float = 0.95, ratio: float = 0.0
+               ) -> tuple[float, float]:
+    """Student-t interval of the mean over folds (NaN with fewer than two folds); ``ratio`` =
+    n_test / n_train > 0 applies the Nadeau–Bengio correction for overlapping training sets."""
     values = values[~np.isnan(values)]
     if len(values) < 2:
         return float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    se = values.std(ddof=1) * np.sqrt(1 / len(values) + ratio)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * se
     return float(values.mean() - half), float(values.mean() + half)
+
+
+def held_out_ratio(folds: pd.DataFrame) -> float:
+    """Mean held-out / fitted size of the rows (``n_fit``: inner-training part; older runs
+    without it fall back to the outer training part)."""
+    fitted = "n_fit" if "n_fit" in folds else "n_train"
+    if not {"n_test", fitted} <= set(folds):
+        return 0.0
+    return float((folds["n_test"] / folds[fitted]).mean())
 
 
 def summarise(folds: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, setting): ``<metric>_mean``, ``_std``, ``_ci95_low``, ``_ci95_high``."""
     metrics = metric_columns(folds)
     rows = []
+    repeat = folds["repeat"] if "repeat" in folds else pd.Series(0, folds.index)
     for (variant, setting), part in folds.groupby(KEYS, sort=False):
-        row = {"variant": variant, "setting": setting, "n_folds": int(part["fold"].nunique())}
+        part_repeat = repeat.loc[part.index]
+        row = {"variant": variant, "setting": setting, "n_folds": len(part),
+               "n_repeats": int(part_repeat.nunique())}
+        if "aliases" in part:
+            row["aliases"] = "|".join(sorted({a for names in part["aliases"].dropna()
+                                              for a in str(names).split("|") if a}))
+        ratio = held_out_ratio(part)
         for col in metrics:
             v = part[col].to_numpy(dtype=float)
             if np.isnan(v).all():
                 continue
-            lo, hi = t_interval(v)
+            lo, hi = t_interval(v, ratio=ratio)
+            if col in HEADLINE and row["n_repeats"] > 1:
+                row[f"{col}_repeat_std"] = float(part[col].groupby(part_repeat).mean().std(ddof=1))
             row.update({f"{col}_mean": np.nanmean(v), f"{col}_std": np.nanstd(v, ddof=1)
                         if (~np.isnan(v)).sum() > 1 else float("nan"),
                         f"{col}_ci95_low": lo, f"{col}_ci95_high": hi})
@@ -66,7 +93,7 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     if "cls_macro_f1_mean" in board:
         board = board.sort_values("cls_macro_f1_mean", ascending=False, kind="stable")
-    first = KEYS + ["n_folds"]
+    first = KEYS + [c for c in ("n_folds", "n_repeats", "aliases") if c in board]
     prov = [c for c in PROVENANCE if c in board]
     rest = [c for c in board.columns if c not in first and c not in prov]
     return board[first + rest + prov].reset_index(drop=True)

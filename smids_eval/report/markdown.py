@@ -142,6 +142,13 @@ class Report:
         return self.preds[(self.preds["variant"] == variant) & (self.preds["setting"] == setting)]
 
     @property
+    def grouping_label(self) -> str:
+        """What the groups are: donors only when a manifest says so."""
+        grouping = str(self.config.get("grouping", ""))
+        return ("groups from a manifest" if grouping == "manifest"
+                else "inferred acquisition groups, not donors")
+
+    @property
     def seed(self) -> int:
         return int(self.config.get("seed", self.folds.get("run_seed", pd.Series([0])).iloc[0]))
 
@@ -197,16 +204,20 @@ def provenance(r: Report) -> list[str]:
              ("data", data.get("source", first.get("run_data_source", "unknown"))),
              ("data fingerprint", first.get("run_data_fingerprint", data.get("fingerprint"))),
              ("images", data.get("images", "unknown")), ("seed", r.seed),
-             ("outer folds", r.folds["fold"].nunique() if "fold" in r.folds else "unknown")]
+             ("outer folds", r.folds["fold"].nunique() if "fold" in r.folds else "unknown"),
+             ("repeats", r.folds["repeat"].nunique() if "repeat" in r.folds else 1)]
     return [f"- **{k}**: {v}" for k, v in items] + [""]
 
 
 def data_exploration(r: Report) -> list[str]:
     splits = _read_csv(r.run.splits)
+    if "repeat" in splits:
+        splits = splits[splits["repeat"] == 0]
     out = []
     if not splits.empty:
         names = pd.Series(np.asarray(CLASSES)[splits["label"].to_numpy(int)])
-        out += [f"{len(splits)} crops from {splits['group'].nunique()} donor groups.", ""]
+        out += [f"{len(splits)} crops from {splits['group'].nunique()} groups "
+                f"({r.grouping_label}).", ""]
         out += md_table(names.value_counts().reindex(CLASSES, fill_value=0)
                         .rename_axis("class").reset_index(name="crops"))
         out += [_markdown_figure(r, fg.label_distribution(names, r.figure("label_distribution")),
@@ -214,7 +225,7 @@ def data_exploration(r: Report) -> list[str]:
         per_fold = splits.pivot_table(index="outer_fold", columns="label", values="path",
                                       aggfunc="count", fill_value=0)
         per_fold.columns = [CLASSES[int(c)] for c in per_fold.columns]
-        out += ["Held-out crops per outer fold:", ""] + md_table(per_fold.reset_index())
+        out += ["Held-out crops per outer fold (repeat 0):", ""] + md_table(per_fold.reset_index())
     else:
         out += na("splits.csv is missing")
     if r.dataset is None:
@@ -236,10 +247,16 @@ def leaderboard(r: Report) -> list[str]:
     for _, row in r.board.iterrows():
         cells = {"variant": row["variant"], "setting": row["setting"], "folds": row["n_folds"]}
         cells.update({nice(m): mean_std_ci(row, m) for m in LEADERBOARD_METRICS})
+        aliases = row.get("aliases")
+        cells["same computation as"] = aliases if isinstance(aliases, str) and aliases else ""
         rows.append(cells)
     fig = fg.leaderboard_bars(r.board, r.figure("leaderboard"))
-    return (["Mean ± std over outer folds [95% t-interval]; recall on Abnormal_Sperm is the key "
-             "figure. `+RF` rows are a random-forest head on the same frozen features.", ""]
+    return (["Mean ± std over outer folds (of every repeat) [95% interval with the "
+             "Nadeau–Bengio correction for overlapping training sets]; recall on Abnormal_Sperm "
+             "is the key figure. `+RF` rows are a random-forest head on the same frozen "
+             "features. Arms that are the same computation (same architecture, search space and "
+             "frozen features) are run once and listed once, with the others named in the last "
+             "column.", ""]
             + md_table(pd.DataFrame(rows)) + [_markdown_figure(r, fig, "leaderboard"), ""])
 
 
@@ -430,7 +447,8 @@ def gradcam(r: Report) -> list[str]:
     fold = RunFolder.fold_of(models[0])
     per_class = int(r.config.get("profile", {}).get("evaluate", {}).get("gradcam_images", 2))
     index = r.image_index()
-    held = preds[(preds["fold"] == fold) & preds["path"].isin(index)]
+    first = preds["repeat"] == 0 if "repeat" in preds else True
+    held = preds[first & (preds["fold"] == fold) & preds["path"].isin(index)]
     chosen = held.groupby("label", sort=False).head(per_class).sort_values("label")
     if chosen.empty:
         return na("the held-out images are not in the given data set")
@@ -490,6 +508,27 @@ def throughput(r: Report) -> list[str]:
     return md_table(pd.DataFrame(rows)) if rows else na("the benchmark JSON has no benchmarks")
 
 
+def cost(r: Report) -> list[str]:
+    """What the run cost (``timings.json``): wall time and stages, peak memory, the host's bf16
+    matmul peak and the normalised cost, and the plan's ETA against the actual time."""
+    timings = r.run.read_timings()
+    if not timings:
+        return na("no timings.json (written by the study since the plan/ETA change)")
+    wall, eta = timings.get("wall_s"), timings.get("eta_s")
+    items = [("wall time", f"{fmt(wall / 60, 1)} min"),
+             ("ETA at the start", f"{fmt(eta / 60, 1)} min" if eta else "not measured"),
+             ("peak RSS", f"{fmt(timings.get('peak_rss_mb', float('nan')) / 1024, 2)} GB (self), "
+                          f"{fmt(timings.get('peak_rss_children_mb', float('nan')) / 1024, 2)} GB "
+                          f"(child processes)"),
+             ("bf16 matmul peak at the start", f"{timings.get('bf16_peak_gflops')} GFLOP/s"),
+             ("normalised cost (wall × peak / 700 GFLOP/s)",
+              f"{timings.get('normalised_wall_s')} s (target ≤ {timings.get('normalised_target_s')} s)")]
+    stages = pd.DataFrame(sorted(timings.get("stages_s", {}).items(), key=lambda kv: -kv[1]),
+                          columns=["stage", "seconds"])
+    return ([f"- **{k}**: {v}" for k, v in items] + ["", "Seconds per stage:", ""]
+            + md_table(stages))
+
+
 SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Provenance", provenance), ("Data exploration", data_exploration),
     ("Leaderboard", leaderboard), ("Per-class recall", per_class),
@@ -500,6 +539,7 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Neural head vs random-forest head", rf_head), ("Significant comparisons", comparisons),
     ("Most confident errors", gallery), ("Grad-CAM", gradcam),
     ("Grouped vs random split", random_split), ("Throughput", throughput),
+    ("Cost of this run", cost),
 ]
 
 

@@ -1,0 +1,237 @@
+"""What a run is about to do, before it does it: ``--plan`` prints it without training, and
+every real run logs it at its start and keeps it (with its ETA) in ``timings.json``, so the
+estimate can be compared with what the run actually cost.
+
+Counts come from the run's variants, settings and splits and from the run folder (fold results
+already there are skipped on resume, unless ``force``). The ETA is a simple cost model over the
+seconds per image that ``probe.py`` measures on this host (per prefix depth: ``prefix_s``
+through the frozen prefix, ``train_s`` per training image of one suffix epoch):
+
+* features: images × views × ``prefix_s`` for every feature cache a pending variant needs,
+  plus, once per (channels, depth), the far-OOD images and each pending fold's shifted copies;
+* training (each tuning trial on each of its inner folds, and each final fit): epochs ×
+  training images × ``train_s`` (plus ``prefix_s`` for variants trained without the cache);
+* evaluation of each final fit: one forward pass (a third of ``train_s``) over the outer
+  training part, the held-out fold, its shifted copies and the far-OOD images.
+
+Every epoch and every trial is counted (no early stopping, no pruning) and feature caches
+already on disk are counted as built, so the ETA leans high; the random-forest head, the
+metrics and file writes are not modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+from .device import resolve_runtime
+from .engine import cache_views, prefix_depth, uses_feature_cache
+from .evaluate.shifts import SHIFTS
+from .naming import is_rf
+from .probe import Rates, measure_rates
+from .tune import trial_budget
+
+
+class CacheSpec(NamedTuple):
+    """What tells one run's frozen-feature caches apart (``Engine.cache_key`` less the
+    run-wide fields: data fingerprint, weights, width, seed, precision)."""
+
+    channels: str
+    prefix_depth: int
+    views: int
+    image_size: int
+
+    def describe(self) -> str:
+        return (f"{self.channels} depth {self.prefix_depth} × {self.views} view"
+                f"{'s' if self.views > 1 else ''}")
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """One variant's share of the run."""
+
+    name: str
+    results: int        # arm × fold × setting results of this variant (RF head included)
+    done: int           # of which already in the run folder (0 with force)
+    tunings: int        # outer folds whose tuned setting is still to run
+    trials: int         # Optuna trials per tuning
+    inner_folds: int    # inner folds each trial trains on
+    fits: int           # training runs still to do: trials × inner folds + final fits
+    eta_s: float | None
+
+    @property
+    def trials_total(self) -> int:
+        return self.tunings * self.trials
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What ``run_study`` will do (counts) and how long it should take (``eta_s``; None when
+    not probed). ``--plan`` returns this instead of a ``StudyResult``."""
+
+    run: str
+    profile: str
+    device: str
+    variants: tuple[VariantPlan, ...]
+    settings: tuple[str, ...]
+    folds: tuple[int, ...]
+    repeats: int
+    rf: bool
+    images: int
+    image_size: int
+    epochs: int
+    feature_caches: tuple[CacheSpec, ...]
+    prefix_images: int          # image passes through a frozen prefix (features), upper bound
+    features_eta_s: float | None
+    eta_s: float | None
+    rates: dict                 # {prefix depth: Rates} measured by the probe
+
+    @property
+    def results_total(self) -> int:
+        return sum(v.results for v in self.variants)
+
+    @property
+    def results_done(self) -> int:
+        return sum(v.done for v in self.variants)
+
+    @property
+    def trials_total(self) -> int:
+        """Optuna trials still to run (every tuning runs its full budget)."""
+        return sum(v.trials_total for v in self.variants)
+
+    @property
+    def fits_total(self) -> int:
+        return sum(v.fits for v in self.variants)
+
+    def summary(self) -> str:
+        """One line, logged at the start of every run."""
+        return (f"{len(self.variants)} variants × {len(self.settings)} settings"
+                f"{' (+RF)' if self.rf else ''} × {self.repeats} repeats × {len(self.folds)} "
+                f"folds (identical arms once): "
+                f"{self.results_total} results, {self.results_done} done; "
+                f"{self.trials_total} Optuna trials, {self.fits_total} training runs of ≤ "
+                f"{self.epochs} epochs, {len(self.feature_caches)} feature caches; "
+                f"ETA {_duration(self.eta_s)}")
+
+    def describe(self) -> str:
+        """The ``--plan`` printout."""
+        lines = [f"plan for run {self.run} ({self.profile} profile, {self.device})",
+                 f"  {self.summary()}",
+                 f"  data: {self.images} images at {self.image_size} px; settings "
+                 f"{', '.join(self.settings)}; outer folds {', '.join(map(str, self.folds))}"]
+        for v in self.variants:
+            lines.append(f"  {v.name}: {v.results - v.done} of {v.results} results to run; "
+                         f"{v.tunings} tunings × {v.trials} trials × {v.inner_folds} inner "
+                         f"folds; {v.fits} training runs; ETA {_duration(v.eta_s)}")
+        caches = "; ".join(c.describe() for c in self.feature_caches) or "none"
+        lines.append(f"  feature caches at {self.image_size} px (reused when already built): "
+                     f"{caches}; {self.prefix_images} prefix passes, ETA "
+                     f"{_duration(self.features_eta_s)}")
+        for depth, r in sorted(self.rates.items()):
+            lines.append(f"  probe, prefix depth {depth}: {r.prefix_s * 1e3:.2f} ms/image "
+                         f"features, {r.train_s * 1e3:.2f} ms/image per training epoch")
+        lines.append("  ETA counts every epoch and trial (no early stopping or pruning); "
+                     "the RF head and metrics are not included")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["feature_caches"] = [c._asdict() for c in self.feature_caches]
+        data.update(results_total=self.results_total, results_done=self.results_done,
+                    trials_total=self.trials_total, fits_total=self.fits_total)
+        return data
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -> StudyPlan:
+    """Count the work of ``ctx`` (a ``StudyContext``) still to do; with ``probe``, measure
+    this host for a few seconds and estimate how long it takes (no probe when nothing is left;
+    ``rates`` measured for another plan on this host are reused). Reads the run folder, writes
+    nothing."""
+    config, p = ctx.config, ctx.profile
+    folds, units = ctx.folds(), ctx.units()
+    evaluate = p.evaluate
+    n_far = sum(len(x) for x in ctx.far_ood.values())
+
+    def n_shifted(unit: tuple[int, int]) -> int:
+        if not evaluate.ood_severities:
+            return 0
+        n_test = len(ctx.plans[unit[0]].outer(unit[1])[1])
+        return min(evaluate.ood_max_images, n_test) * len(SHIFTS) * len(evaluate.ood_severities)
+
+    todo = {v.name: {u: [(arm, s) for arm, s in ctx.arms(v)
+                         if config.force or not ctx.run.done(arm, *u, s)] for u in units}
+            for v in ctx.variants}
+    active = [v for v in ctx.variants if any(todo[v.name].values())]
+    rates = dict(rates or {})
+    missing = {prefix_depth(v) for v in active} - set(rates)
+    if probe and missing:
+        rates.update(measure_rates(p, missing))
+
+    # features: the training caches, and (once per channels and depth) far-OOD + shifted images
+    caches = list(dict.fromkeys(
+        CacheSpec(v.channels, prefix_depth(v), cache_views(p, v.augmentation), p.data.image_size)
+        for v in active if uses_feature_cache(v, p)))
+    passes: dict[int, int] = {}
+    for c in caches:
+        passes[c.prefix_depth] = passes.get(c.prefix_depth, 0) + len(ctx.dataset) * c.views
+    extra: dict[tuple[str, int], set] = {}     # (channels, depth) -> (repeat, fold)s with work
+    for v in active:
+        if uses_feature_cache(v, p):
+            busy = {u for u, arms in todo[v.name].items() if arms}
+            extra.setdefault((v.channels, prefix_depth(v)), set()).update(busy)
+    for (_, d), busy in extra.items():
+        passes[d] = passes.get(d, 0) + n_far + sum(n_shifted(f) for f in busy)
+    features_eta = (None if not probe
+                    else round(sum(n * rates[d].prefix_s for d, n in passes.items()), 1))
+
+    variants = []
+    for v in ctx.variants:
+        depth, cached = prefix_depth(v), uses_feature_cache(v, p)
+        n_trials, n_inner = trial_budget(p.tune, config.trials, bool(v.unfreeze_blocks),
+                                         ctx.plan.n_inner)
+        tunings = fits = train_images = eval_images = 0
+        for (r, f), arms in todo[v.name].items():
+            split = ctx.plans[r]
+            neural = [s for arm, s in arms if not is_rf(arm)]
+            if any(s != "specified" for s in neural):   # fold.py: every other setting is tuned
+                tunings += 1
+                fits += n_trials * n_inner
+                train_images += n_trials * sum(len(split.inner(f, j)[0]) for j in range(n_inner))
+            fits += len(neural)
+            train_images += len(neural) * len(split.inner(f, 0)[0])
+            outer_train, test = split.outer(f)
+            eval_images += len(neural) * (len(outer_train) + len(test) + n_shifted((r, f)) + n_far)
+        eta = None
+        if probe:
+            r: Rates = rates.get(depth, Rates(0.0, 0.0))   # absent: nothing left to train
+            prefix = 0.0 if cached else r.prefix_s
+            eta = round(p.train.epochs * train_images * (r.train_s + prefix)
+                        + eval_images * (r.train_s / 3 + prefix), 1)
+        results = len(ctx.arms(v)) * len(units)
+        pending = sum(len(arms) for arms in todo[v.name].values())
+        variants.append(VariantPlan(
+            name=v.name, results=results, done=results - pending, tunings=tunings,
+            trials=n_trials, inner_folds=n_inner, fits=fits, eta_s=eta))
+
+    eta_s = None if not probe else round(features_eta + sum(v.eta_s for v in variants), 1)
+    t = p.train
+    runtime = resolve_runtime(p.device, t.precision, t.channels_last, t.compile)
+    return StudyPlan(
+        run=ctx.run.root.name, profile=p.name, device=runtime.describe(),
+        variants=tuple(variants), settings=tuple(config.settings), folds=tuple(folds),
+        repeats=ctx.repeats,
+        rf=ctx.rf_enabled, images=len(ctx.dataset), image_size=p.data.image_size,
+        epochs=p.train.epochs, feature_caches=tuple(caches),
+        prefix_images=sum(passes.values()),
+        features_eta_s=features_eta, eta_s=eta_s,
+        rates=rates)

@@ -1,0 +1,134 @@
+"""Repeated grouped CV and arms computed once: assignments, identical numbers, aliases, caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tiny_vgg import easy_images, tiny_profile, variant
+
+from smids_eval import Predictor, StudyConfig, run_study
+from smids_eval.arms import ArmTable
+from smids_eval.engine import Engine
+from smids_eval.splits import make_repeated_splits
+from smids_eval.variants import select_variants
+
+TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
+SKIP = {"wall_seconds", "repeat", "fold"}
+
+
+def numeric_equal(a: pd.DataFrame, b: pd.DataFrame, columns=None) -> list[str]:
+    """Columns whose numbers differ between two row-aligned frames."""
+    cols = columns or [c for c in a.select_dtypes("number") if c in b and c not in SKIP]
+    return [c for c in cols if not np.allclose(a[c].to_numpy(float), b[c].to_numpy(float),
+                                               rtol=1e-9, atol=1e-12, equal_nan=True)]
+
+
+def test_identical_arms_follow_from_the_variants_table():
+    table = ArmTable.build(select_variants(["all"]), ("specified", "tuned"), rf=True)
+    canonical = table.canonical
+    # F.0, F.2, F.3, F.4 share the architecture and the search space: one tuned computation
+    assert {canonical[(v, "tuned")] for v in ("F.0", "F.2", "F.3", "F.4")} == {("F.0", "tuned")}
+    # their specified optimisers / learning rates differ: four computations
+    assert len({canonical[(v, "specified")] for v in ("F.0", "F.2", "F.3", "F.4")}) == 4
+    # random-forest heads see channels and prefix depth only
+    assert canonical[("E.0+RF", "tuned")] == canonical[("C.0+RF", "tuned")] == ("A.0+RF", "tuned")
+    assert canonical[("F.0+RF", "tuned")] == ("B.0+RF", "tuned")
+    assert canonical[("F.1+RF", "tuned")] == ("F.1+RF", "tuned")  # deeper frozen prefix
+    assert table.aliases(("F.0", "tuned")) == ["F.2", "F.3", "F.4"]
+    assert len(table.computed()) == 10 + 7 + 3  # specified, tuned, RF
+
+
+def test_repeats_redraw_the_assignment_with_the_same_seed_base():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    groups = rng.integers(0, 17, 300)
+    plans = make_repeated_splits(labels, groups, 5, 3, seed=4, repeats=3)
+    again = make_repeated_splits(labels, groups, 5, 3, seed=4, repeats=3)
+    for p, q in zip(plans, again, strict=True):
+        assert np.array_equal(p.outer_fold, q.outer_fold)  # deterministic
+    assert not np.array_equal(plans[0].outer_fold, plans[1].outer_fold)
+    assert not np.array_equal(plans[1].outer_fold, plans[2].outer_fold)
+    # repeat 0 is the seed's own single assignment
+    assert np.array_equal(plans[0].outer_fold,
+                          make_repeated_splits(labels, groups, 5, 3, seed=4)[0].outer_fold)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("arms-cache"))
+
+
+def test_deduplicated_arms_equal_computing_them_separately(tmp_path, cache):
+    both = run_study(StudyConfig(variants=("F.0", "F.2"), profile=TINY, settings=("tuned",),
+                                 out=str(tmp_path / "both"), cache_dir=cache, progress=False))
+    alone = run_study(StudyConfig(variants=("F.2",), profile=TINY, settings=("tuned",),
+                                  out=str(tmp_path / "alone"), cache_dir=cache, progress=False))
+    rows = both.folds
+    assert set(rows["variant"]) == {"F.0", "F.0+RF"}  # F.2's arms were not recomputed
+    assert set(rows["aliases"]) == {"F.2", "F.2+RF"}
+    mine, theirs = (f.sort_values(["variant", "fold"]).reset_index(drop=True)
+                    for f in (rows, alone.folds))
+    neural = mine["variant"] == "F.0"
+    assert not numeric_equal(mine[neural].reset_index(drop=True),
+                             theirs[theirs["variant"] == "F.2"].reset_index(drop=True))
+    decisions = ["cls_accuracy", "cls_macro_f1", "cls_recall_abnormal_sperm"]
+    assert not numeric_equal(mine[~neural].reset_index(drop=True),
+                             theirs[theirs["variant"] == "F.2+RF"].reset_index(drop=True),
+                             decisions)
+    board = both.leaderboard
+    assert len(board) == 2 and set(board["aliases"]) == {"F.2", "F.2+RF"}
+    # the alias name reaches the models that computed it
+    predictor = Predictor(both.run.root, "F.2", fold=0)
+    assert predictor.models[0].variant_name == "F.0"
+
+
+def test_repeated_cv_keeps_repeat_zero_and_adds_redrawn_folds(tmp_path, cache):
+    base = dict(variants=("A.0",), profile=TINY, settings=("specified",), rf=False,
+                cache_dir=cache, progress=False, seed=5)
+    one = run_study(StudyConfig(**base, out=str(tmp_path / "one")))
+    two = run_study(StudyConfig(**base, repeats=2, out=str(tmp_path / "two")))
+    rows = two.folds
+    assert sorted(zip(rows["repeat"], rows["fold"], strict=True)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    first = rows[rows["repeat"] == 0].reset_index(drop=True)
+    assert not numeric_equal(first, one.folds.reset_index(drop=True))
+    assert not np.allclose(rows.loc[rows["repeat"] == 1, "cls_accuracy"].to_numpy(),
+                           first["cls_accuracy"].to_numpy())
+    splits = pd.read_csv(two.run.splits, dtype={"group": str})
+    assert set(splits["repeat"]) == {0, 1}
+    for (repeat, fold), _ in rows.groupby(["repeat", "fold"]):
+        part = splits[splits["repeat"] == repeat]
+        test = set(part.loc[part["outer_fold"] == fold, "group"])
+        assert not test & set(part.loc[part["outer_fold"] != fold, "group"])
+    board = two.leaderboard
+    assert board.loc[0, "n_folds"] == 4 and board.loc[0, "n_repeats"] == 2
+    assert np.isfinite(board.loc[0, "cls_macro_f1_repeat_std"])
+    # corrected interval: wider than the naive t-interval over the 4 fold scores
+    naive = rows["cls_macro_f1"].std(ddof=1) / 2
+    assert (board.loc[0, "cls_macro_f1_ci95_high"] - board.loc[0, "cls_macro_f1_mean"]) > naive
+
+
+@pytest.mark.parametrize("change", [{"size": 64}, {"channels": "grey"}, {"views": 3}])
+def test_feature_cache_never_reused_across_size_channels_or_views(tmp_path, change):
+    """Caches are shared by content key: another image size, channel mode or view count is
+    another key, so a wrong cache is never loaded."""
+    images = easy_images(6)[0]
+    ref = Engine(variant(augmentation=True), tiny_profile(views=2), device="cpu",
+                 cache_dir=tmp_path, progress=False)
+    ref.prefix_features(images)
+    profile = tiny_profile(views=change.get("views", 2))
+    if "size" in change:
+        profile = profile.replace(data={"image_size": change["size"]})
+        images = np.random.default_rng(0).integers(0, 256, (6, change["size"], change["size"], 3),
+                                                   dtype=np.uint8)
+    other = Engine(variant(augmentation=True, channels=change.get("channels", "rgb")), profile,
+                   device="cpu", cache_dir=tmp_path, progress=False)
+    feats = other.prefix_features(images)
+    assert (other.cache.computed, other.cache.loaded) == (1, 0)
+    assert feats.shape[1] == 1 + change.get("views", 2)
+    same = Engine(variant(augmentation=True), tiny_profile(views=2), device="cpu",
+                  cache_dir=tmp_path, progress=False)
+    same.prefix_features(easy_images(6)[0])
+    assert (same.cache.computed, same.cache.loaded) == (0, 1)  # the same key is shared
