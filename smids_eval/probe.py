@@ -3,8 +3,8 @@
 For each prefix depth a run needs: a handful of random images through the frozen prefix, then
 one suffix training epoch on their activations, on the run's device and precision with a
 randomly initialised network of the profile's width and image size (speed does not depend on
-the weight values). First calls are warm-ups and are not timed; the timed image counts are
-sized from them so the whole probe stays within ``budget_s`` (about) on any host.
+the weight values). Each measurement is run twice and the second is timed (first calls build
+kernels); a probe takes a few seconds on a CPU at 64 px.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .features import extract_prefix
 from .models import build_vgg19
 from .train import CachedSource, Hyper, fit
 
-#: most images in the timed prefix pass (the timed training epoch takes up to twice as many)
+#: most images in the timed prefix pass
 MAX_IMAGES = 32
 
 
@@ -34,7 +34,7 @@ class Rates:
     train_s: float      # one suffix training epoch, its validation on half as many images included
 
 
-def measure_rates(profile: Profile, depths, budget_s: float = 4.0) -> dict[int, Rates]:
+def measure_rates(profile: Profile, depths) -> dict[int, Rates]:
     """``{prefix depth: Rates}`` for the profile's device, precision, width and image size
     (``torch.compile`` is not probed). The global RNG is restored afterwards, so a probe
     never changes a run's numbers."""
@@ -43,42 +43,37 @@ def measure_rates(profile: Profile, depths, budget_s: float = 4.0) -> dict[int, 
     depths = sorted(set(depths))
     cuda = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        return {d: _probe_depth(profile, d, runtime, budget_s / max(1, len(depths)))
-                for d in depths}
+        return {d: _probe_depth(profile, d, runtime) for d in depths}
 
 
-def _count(share_s: float, seconds_per_image: float, cap: int) -> int:
-    """Images that fit ``share_s`` at the warm-up's rate, at least two (BatchNorm)."""
-    return max(2, min(cap, int(share_s / max(seconds_per_image, 1e-6))))
-
-
-def _probe_depth(profile: Profile, depth: int, runtime: Runtime, budget_s: float) -> Rates:
-    m, size = profile.model, profile.data.image_size
+def _probe_depth(profile: Profile, depth: int, runtime: Runtime) -> Rates:
+    """Each measurement runs twice with the run's own batch shapes and the second is timed:
+    oneDNN / cuDNN build kernels per shape on first use, which a run pays once, not per batch."""
+    m, size, batch = profile.model, profile.data.image_size, profile.train.batch_size
     model = build_vgg19(3, unfreeze_blocks=5 - depth, dropout_p=m.dropout_p,
                         head_hidden=m.head_hidden, width=m.width, size=size)
     model.to(runtime.device, memory_format=runtime.memory_format)
-    cap = max(2, min(profile.train.batch_size, MAX_IMAGES))
-    images = torch.randint(0, 256, (cap, 3, size, size), dtype=torch.uint8,
+    n = max(2, min(batch, MAX_IMAGES))
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
 
-    def extract(n: int) -> tuple[torch.Tensor, float]:
+    def extract() -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
-        out = extract_prefix(model.prefix, images[:n], "rgb", 1, 0, runtime, batch_size=n,
+        out = extract_prefix(model.prefix, images, "rgb", 1, 0, runtime, batch_size=n,
                              progress=False)
         return out, (time.perf_counter() - t0) / n
 
-    _, warm = extract(2)
-    features, prefix_s = extract(_count(budget_s / 4, warm, cap))
-    labels = np.arange(MAX_IMAGES * 2) % 3
+    extract()
+    features, prefix_s = extract()
+    n_train = 2 * batch          # two full training batches and one validation batch
+    x = features.repeat(-(-n_train // n), 1, 1, 1, 1)[:n_train]
+    labels = np.arange(n_train) % 3
 
-    def epoch(n: int) -> float:
-        x = features.repeat(-(-n // len(features)), 1, 1, 1, 1)[:n]
-        n_val = max(2, n // 2)
-        result = fit(copy.deepcopy(model.suffix), CachedSource(x, runtime), labels[:n],
-                     CachedSource(x[:n_val], runtime), labels[:n_val], Hyper("adam", 1e-4),
-                     runtime=runtime, epochs=1, batch_size=min(profile.train.batch_size, n),
-                     progress=False, desc="probe")
-        return float(result.history["seconds"].iloc[0]) / n
+    def epoch() -> float:
+        result = fit(copy.deepcopy(model.suffix), CachedSource(x, runtime), labels,
+                     CachedSource(x[:batch], runtime), labels[:batch], Hyper("adam", 1e-4),
+                     runtime=runtime, epochs=1, batch_size=batch, progress=False, desc="probe")
+        return float(result.history["seconds"].iloc[0]) / n_train
 
-    warm = epoch(2)
-    return Rates(prefix_s=prefix_s, train_s=epoch(_count(budget_s / 4, warm, MAX_IMAGES * 2)))
+    epoch()
+    return Rates(prefix_s=prefix_s, train_s=epoch())
