@@ -20,7 +20,7 @@ from .naming import SETTINGS
 # --------------------------------------------------------------------------- study / benchmark
 
 
-def add_study_options(p: argparse.ArgumentParser) -> None:
+def add_study_options(p: argparse.ArgumentParser, out_default: str = "results") -> None:
     """Options of ``StudyConfig`` (shared by ``study`` and ``benchmark``)."""
     p.add_argument("--variant", action="append", metavar="NAME",
                    help="variant from studies/variants.toml (repeatable), or 'all' (default: all)")
@@ -39,7 +39,7 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
                    "donors.csv if present, else inferred acquisition groups)")
     p.add_argument("--n-groups", type=int, default=17,
                    help="number of inferred acquisition groups (default 17)")
-    p.add_argument("--out", default="results", help="output folder (default: results/)")
+    p.add_argument("--out", default=out_default, help=f"output folder (default: {out_default}/)")
     p.add_argument("--run-name", help="run folder name (default: PROFILE-DATA-FINGERPRINT-kK-seedS)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: the profile's, auto)")
@@ -93,6 +93,13 @@ def _study(args) -> int:
     if args.plan:
         print(result.describe())
     return 0
+
+
+def add_benchmark_options(p: argparse.ArgumentParser) -> None:
+    """The study's options, writing to the git-ignored runs/ by default: a newcomer's run must
+    neither resume nor rewrite the committed results/ (``--out results`` publishes there)."""
+    add_study_options(p, out_default="runs")
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
 
 
 def _benchmark(args) -> int:
@@ -222,7 +229,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "study": ("every selected variant under grouped k-fold CV into a resumable run folder",
               add_study_options, _study),
     "benchmark": ("the main job: study, random-split twin, throughput suite and report",
-                  add_study_options, _benchmark),
+                  add_benchmark_options, _benchmark),
     "predict": ("classify new crops with a run's fold models: one CSV row per image",
                 add_predict_options, _predict),
     "report": ("write RUN_DIR/report.md and its figures", add_report_options, _report),
@@ -249,8 +256,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                     description=_description(command) or help_text,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_options(p)
-        if command == "benchmark":
-            p.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
         return p
     p = argparse.ArgumentParser(prog="smids", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,8 +264,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=_description(name),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         add_options(sp)
-        if name == "benchmark":
-            sp.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
     return p
 
 

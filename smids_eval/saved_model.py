@@ -9,13 +9,8 @@ from pathlib import Path
 from .config import Profile, profile_from_dict
 from .engine import Engine
 from .errors import ConfigError
-from .run_folder import RunFolder, SavedFold
+from .run_folder import SavedFold
 from .variants import Variant
-
-
-def load_fold_model(path: Path) -> SavedFold:
-    """One saved fold model, checked for its fields (see ``RunFolder.load_model``)."""
-    return RunFolder.load_model(Path(path))
 
 
 def weights_spec(saved: SavedFold, weights_file: str | None, path: Path) -> str:

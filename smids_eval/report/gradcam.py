@@ -16,10 +16,10 @@ from ..variants import Variant
 
 def load_fold_model(path: str | Path, init_seed: int | None = None) -> tuple[VGG19Variant, Variant]:
     """The whole network of one saved fold on CPU in fp32 (eval mode) and its variant."""
+    from ..run_folder import RunFolder
     from ..saved_model import build_engine
-    from ..saved_model import load_fold_model as load_saved
 
-    saved = load_saved(Path(path))
+    saved = RunFolder.load_model(Path(path))
     engine = build_engine(saved, "cpu", None, Path(path), precision="fp32")
     return engine.full_model(saved.suffix_state).float(), Variant(**saved.variant)
 

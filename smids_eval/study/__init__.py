@@ -25,28 +25,28 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .arms import ArmTable
-from .config import Profile
-from .data import Dataset, load_dataset
-from .data.cache import default_cache_dir
-from .device import measure_bf16_peak, resolve_device
-from .errors import ConfigError
-from .fold import FoldRunner
-from .groups import resolve_groups
-from .io import write_csv
-from .naming import RF_SETTING, rf_name
-from .plan import StudyPlan, plan_study
-from .provenance import git_commit
-from .report.comparisons import compare
-from .report.leaderboard import merge_runs, summarise
-from .run_folder import RunFolder
-from .splits import SplitPlan, make_repeated_splits, splits_frame
-from .study_config import StudyConfig
-from .timing import RunCost, StageTimer
-from .toml import loads
-from .tomlw import dumps
-from .tune import open_storage
-from .variants import Variant, select_variants
+from ..arms import ArmTable
+from ..config import Profile
+from ..data import Dataset, load_dataset
+from ..data.cache import default_cache_dir
+from ..device import measure_bf16_peak, resolve_device
+from ..errors import ConfigError
+from ..fold import FoldRunner
+from ..groups import resolve_groups
+from ..io import write_csv
+from ..naming import RF_SETTING, rf_name
+from ..plan import StudyPlan, plan_study
+from ..provenance import git_commit
+from ..report.comparisons import compare
+from ..report.leaderboard import merge_runs, summarise
+from ..run_folder import RunFolder
+from ..splits import SplitPlan, make_repeated_splits, splits_frame
+from ..study_config import StudyConfig
+from ..timing import RunCost, StageTimer
+from ..toml import loads
+from ..tomlw import dumps
+from ..tune import open_storage
+from ..variants import Variant, select_variants
 
 log = logging.getLogger("smids_eval.study")
 
@@ -212,7 +212,7 @@ def _check_config(run: RunFolder, config: dict) -> None:
 
 
 def far_ood_images(profile: Profile, config: StudyConfig) -> dict[str, np.ndarray]:
-    from .evaluate.far_ood import far_ood_sets, load_folder
+    from ..evaluate.far_ood import far_ood_sets, load_folder
 
     n, size = profile.evaluate.far_ood_images, profile.data.image_size
     sets = far_ood_sets(n, size, seed=config.seed) if n > 0 else {}
@@ -297,11 +297,3 @@ def write_tables(run: RunFolder, out: Path) -> pd.DataFrame:
     if comps:
         write_csv(out / "comparisons.csv", pd.concat(comps, ignore_index=True))
     return folds
-
-
-if __name__ == "__main__":
-    import sys
-
-    from smids_eval.cli import module_main
-
-    sys.exit(module_main("study"))

@@ -22,11 +22,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layout import source_root
-from .plan import StudyPlan, plan_study
-from .study import StudyResult, prepare, run_prepared
-from .study_config import StudyConfig
-from .timing import RunCost, StageTimer
+from ..layout import source_root
+from ..plan import StudyPlan, plan_study
+from ..study import StudyResult, prepare, run_prepared
+from ..study_config import StudyConfig
+from ..timing import RunCost, StageTimer
 
 log = logging.getLogger("smids_eval.benchmark")
 
@@ -77,7 +77,7 @@ def run_benchmark(config: StudyConfig, throughput: bool = True
                   ) -> BenchmarkResult | list[StudyPlan]:
     """The study, its random-split twin, the throughput suite and the report (with
     ``config.plan_only``: their plans only)."""
-    from .report.markdown import build_report
+    from ..report.markdown import build_report
 
     if config.plan_only:
         return plan_benchmark(config)
@@ -107,11 +107,3 @@ def run_benchmark(config: StudyConfig, throughput: bool = True
     minutes = timer.wall() / 60
     log.info("benchmark done in %.1f min: %s", minutes, report)
     return BenchmarkResult(study, random_split, throughput_json, report, minutes)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from smids_eval.cli import module_main
-
-    sys.exit(module_main("benchmark"))

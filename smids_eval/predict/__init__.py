@@ -37,15 +37,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import CLASSES
-from .data.classes import SLUGS
-from .data.decode import decode_image
-from .data.scan import IMAGE_SUFFIXES, folder_files, is_image_file
-from .engine import Engine
-from .errors import ConfigError
-from .naming import SETTINGS as _SETTINGS
-from .run_folder import RunFolder
-from .saved_model import build_engine, check_state
+from .. import CLASSES
+from ..data.classes import SLUGS
+from ..data.decode import decode_image
+from ..data.scan import IMAGE_SUFFIXES, folder_files, is_image_file
+from ..engine import Engine
+from ..errors import ConfigError
+from ..naming import SETTINGS as _SETTINGS
+from ..run_folder import RunFolder
+from ..saved_model import build_engine, check_state
 
 log = logging.getLogger("smids_eval.predict")
 SETTINGS = tuple(reversed(_SETTINGS))  # "tuned" first: the default
@@ -174,11 +174,3 @@ class Predictor:
         frame["variant"], frame["setting"] = self.variant, self.setting
         frame["folds"] = "|".join(map(str, self.folds))
         return frame
-
-
-if __name__ == "__main__":
-    import sys
-
-    from smids_eval.cli import module_main
-
-    sys.exit(module_main("predict"))
