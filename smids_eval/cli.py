@@ -151,7 +151,9 @@ def _parse_fold(text: str) -> int | None:
 
 
 def _predict(args) -> int:
-    from .io import write_csv
+    import numpy as np
+
+    from .io import write_csv, write_json
     from .predict import NOT_AN_IMAGE, OK, UNREADABLE, Predictor
     from .run_folder import RunFolder
 
@@ -162,13 +164,23 @@ def _predict(args) -> int:
     frame = predictor.predict_paths(args.paths, batch=args.batch)
     out = Path(args.out) if args.out else RunFolder(Path(args.run)).predict_csv(args.variant)
     write_csv(out, frame)
+    batch = predictor.batch_result
+    if batch is not None:
+        write_json(out.with_name(out.name + ".batch.json"), batch)
     counts = frame["status"].value_counts()
     decisions = frame["decision"].value_counts()
+    reasons = frame["refer_reason"].replace("", np.nan).dropna().value_counts()
+    why = ", ".join(f"{n} {r}" for r, n in reasons.items())
+    verdict = ("" if batch is None else
+               f"; batch test p = {batch['p_value']:.3g}: "
+               + ("the batch does NOT look like the training lab's acquisitions"
+                  if batch["shifted"] else "no acquisition shift detected"))
     print(f"{len(frame)} inputs → {out}: {counts.get(OK, 0)} ok "
-          f"({decisions.get('accept', 0)} accept, {decisions.get('refer', 0)} refer), "
+          f"({decisions.get('accept', 0)} accept, {decisions.get('refer', 0)} refer"
+          f"{': ' + why if why else ''}), "
           f"{counts.get(UNREADABLE, 0)} unreadable, {counts.get(NOT_AN_IMAGE, 0)} not an image; "
-          f"{args.variant} {args.setting}, folds {frame['folds'].iloc[0] if len(frame) else '-'}",
-          file=sys.stderr)
+          f"{args.variant} {args.setting}, folds {frame['folds'].iloc[0] if len(frame) else '-'}"
+          f"{verdict}", file=sys.stderr)
     return 0
 
 

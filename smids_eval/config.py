@@ -69,7 +69,15 @@ class EvalConfig:
     rf_max_features: tuple[str, ...] = ("sqrt", "log2")
     gradcam_images: int = 2         # per class, in the report
     risk_target: float = 0.05
+    risk_delta: float = 0.1         # selective threshold: P(test risk > risk_target) <= delta
     conformal_alphas: tuple[float, ...] = (0.1, 0.05)
+    # in-distribution rule (evaluate.ood.InDistribution): both detectors must keep an image;
+    # thresholds keep these shares of the validation images (new acquisition groups)
+    acquisition_detector: str = "image_stats"
+    semantic_detector: str = "knn"
+    acquisition_keep: float = 0.95
+    semantic_keep: float = 0.975
+    foreign_lab_images: int = 64    # per synthetic foreign lab (data.foreign_lab), 0 = none
 
 
     def rf_grid(self) -> dict:

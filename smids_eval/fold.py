@@ -17,6 +17,8 @@ from .config import load_search_space
 from .data import class_slug
 from .engine import Engine
 from .evaluate import evaluate_fold, fit_confidence_artifacts
+from .evaluate.descriptors import DESCRIPTORS, block_moments, image_statistics
+from .evaluate.ood import DETECTORS
 from .evaluate.rf_head import RandomForestHead
 from .evaluate.shifts import SHIFTS, shifted_copies
 from .naming import RF_SETTING, rf_name
@@ -85,11 +87,12 @@ class FoldRunner:
 
     ``ctx`` is the study's ``StudyContext`` (config, profile, data, groups, splits, run folder);
     ``timer`` collects the run's stage times (features, tuning, final_fits, evaluation, saving,
-    rf_head) for ``timings.json``.
+    rf_head) for ``timings.json``; ``shared`` memoises what several variants of the run compute
+    identically (random-forest heads, acquisition descriptors).
     """
 
-    def __init__(self, ctx, variant: Variant, rf_memo: dict, timer: StageTimer | None = None):
-        self.ctx, self.variant, self.rf_memo = ctx, variant, rf_memo
+    def __init__(self, ctx, variant: Variant, shared: dict, timer: StageTimer | None = None):
+        self.ctx, self.variant, self.shared = ctx, variant, shared
         self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed
@@ -103,6 +106,9 @@ class FoldRunner:
                                                         fingerprint=ctx.dataset.fingerprint)
             self.far_features = {name: self._features(images)
                                  for name, images in ctx.far_ood.items()}
+            self.descriptors = self._describe("data", ctx.dataset.images)
+            self.far_descriptors = {name: self._describe(f"far:{name}", images)
+                                    for name, images in ctx.far_ood.items()}
         self.prov = {**ctx.provenance, "run_device": self.engine.runtime.describe(),
                      "run_precision": self.engine.runtime.precision,
                      "run_weights": self.engine.weights_id}
@@ -110,6 +116,30 @@ class FoldRunner:
     def _features(self, images: np.ndarray) -> torch.Tensor:
         """View-0 prefix activations of extra images (shifted or OOD), via the feature cache."""
         return self.engine.prefix_features(images, augment=False)[:, 0]
+
+    def _describe(self, name: str, images: np.ndarray,
+                  names=DESCRIPTORS) -> dict[str, np.ndarray]:
+        """Acquisition descriptors ``names`` of an image set (``evaluate.descriptors``),
+        computed once per run: image statistics per set, block moments per set and input
+        pipeline (channels, weights); every variant of the run reuses them."""
+        res = {}
+        image_key = ("image_stats", name)
+        if "image_stats" in names:
+            if image_key not in self.shared:
+                self.shared[image_key] = image_statistics(images)
+            res["image_stats"] = self.shared[image_key]
+        block_key = ("block_moments", name, self.variant.channels, self.engine.weights_id)
+        if "block_moments" not in names:
+            return res
+        if block_key not in self.shared:
+            self.shared[block_key] = block_moments(self.engine.model.prefix, images,
+                                                   self.variant.channels)
+        if self.shared[block_key] is not None:
+            res["block_moments"] = self.shared[block_key]
+        return res
+
+    def _pick(self, descriptors: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
+        return {k: v[idx] for k, v in descriptors.items()}
 
     # ------------------------------------------------------------------ per fold
     def run(self, repeat: int, fold: int, bar) -> None:
@@ -120,7 +150,7 @@ class FoldRunner:
         train_idx, test_idx = plan.outer(fold)
         inner_train, inner_val = plan.inner(fold, 0)
         with self.timer.stage("features"):
-            shift_idx, shifted = self._shifted(fold, test_idx)
+            shift_idx, shifted, shifted_desc = self._shifted(fold, test_idx)
         force, seed = ctx.config.force, ctx.fold_seed(repeat, fold)
         timer = self.timer
         computed = {s for arm, s in ctx.arms(v) if arm == v.name}
@@ -150,8 +180,10 @@ class FoldRunner:
                 train_out = predict(self.features[inner_train, 0], inner_train)
                 val_out = predict(self.features[inner_val, 0], inner_val)
                 test_out = predict(self.features[test_idx, 0], test_idx)
-                shifted_out = {k: predict(x, shift_idx) for k, x in shifted.items()}
-                far_out = {k: predict(x) for k, x in self.far_features.items()}
+                shifted_out = {k: predict(x, shift_idx, shifted_desc[k])
+                               for k, x in shifted.items()}
+                far_out = {k: predict(x, None, self.far_descriptors[k])
+                           for k, x in self.far_features.items()}
                 row = self._evaluate(fold, setting, train_out, val_out, test_out, shifted_out,
                                      far_out)
                 row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
@@ -170,15 +202,20 @@ class FoldRunner:
             if not ctx.run.done(self.rf_name, repeat, fold, RF_SETTING) or force:
                 with timer.stage("rf_head"):
                     self._random_forest(fold, inner_train, inner_val, test_idx, shift_idx,
-                                        shifted)
+                                        shifted, shifted_desc)
             bar.update(1)
 
-    def _predict(self, state: dict, x: torch.Tensor, idx: np.ndarray | None = None) -> ModelOutputs:
-        """Outputs on activations ``x``; labelled and grouped when ``idx`` says which images."""
+    def _predict(self, state: dict, x: torch.Tensor, idx: np.ndarray | None = None,
+                 descriptors: dict | None = None) -> ModelOutputs:
+        """Outputs on activations ``x``; labelled, grouped and described (acquisition
+        descriptors) when ``idx`` says which images; other sets pass their ``descriptors``."""
         ctx = self.ctx
-        return self.engine.predict(state, x, labels=None if idx is None else ctx.dataset.labels[idx],
-                                   groups=None if idx is None else ctx.groups[idx],
-                                   mc_seed=ctx.config.seed)
+        if descriptors is None and idx is not None:
+            descriptors = self._pick(self.descriptors, idx)
+        out = self.engine.predict(state, x, labels=None if idx is None else ctx.dataset.labels[idx],
+                                  groups=None if idx is None else ctx.groups[idx],
+                                  mc_seed=ctx.config.seed)
+        return out.with_descriptors(descriptors)
 
     def _tune(self, fold: int) -> dict:
         ctx, y = self.ctx, self.ctx.dataset.labels
@@ -192,25 +229,35 @@ class FoldRunner:
 
         return tuned_hyper(ctx, self.variant, self.repeat, fold, fit_inner)
 
-    def _shifted(self, fold: int, test_idx: np.ndarray) -> tuple[np.ndarray, dict]:
-        """A seeded subsample of the held-out fold and its shifted copies' activations."""
+    def _shifted(self, fold: int, test_idx: np.ndarray) -> tuple[np.ndarray, dict, dict]:
+        """A seeded subsample of the held-out fold, its shifted copies' activations and their
+        acquisition descriptors."""
         cfg = self.ctx.profile.evaluate
         seed = self.ctx.fold_seed(self.repeat, fold)
         rng = np.random.default_rng(seed)
         n = min(cfg.ood_max_images, len(test_idx))
         idx = np.sort(rng.choice(test_idx, n, replace=False)) if n else test_idx[:0]
         if n == 0 or not cfg.ood_severities:
-            return idx, {}
+            return idx, {}, {}
         copies = shifted_copies(self.ctx.dataset.images[idx], cfg.ood_severities,
                                 seed=seed, names=list(SHIFTS))
-        return idx, {k: self._features(x) for k, x in copies.items()}
+        # milder severities are scored by the in-distribution rule only: its descriptor only
+        worst = f"_s{max(cfg.ood_severities)}"
+        rule_only = (DETECTORS[cfg.acquisition_detector].descriptor,)
+        return (idx, {k: self._features(x) for k, x in copies.items()},
+                {k: self._describe(f"shift:{self.repeat}:{fold}:{k}", x,
+                                   DESCRIPTORS if k.endswith(worst) else rule_only)
+                 for k, x in copies.items()})
 
     def _evaluate(self, fold, setting, train_out, val_out, test_out, shifted_out, far_out) -> dict:
-        """Metrics on the held-out fold; OOD sets = far-OOD sets and the strongest shifts."""
-        worst = max(self.ctx.profile.evaluate.ood_severities, default=None)
-        ood_sets = {**far_out, **{k: o for k, o in shifted_out.items() if k.endswith(f"_s{worst}")}}
+        """Metrics on the held-out fold; OOD sets = far-OOD and foreign-lab sets and the
+        strongest shifts (every detector), milder shifts graded (the in-distribution rule)."""
+        worst = f"_s{max(self.ctx.profile.evaluate.ood_severities, default=0)}"
+        ood_sets = {**far_out, **{k: o for k, o in shifted_out.items() if k.endswith(worst)}}
+        graded = {k: o for k, o in shifted_out.items() if not k.endswith(worst)}
         metrics = evaluate_fold(train_out, val_out, test_out, ood_sets=ood_sets,
-                                shifted=shifted_out, config=self.ctx.profile.evaluate)
+                                shifted=shifted_out, graded=graded,
+                                config=self.ctx.profile.evaluate)
         return {"variant": None, "setting": setting, "repeat": self.repeat, "fold": fold, **metrics}
 
     def _save(self, row, t0, test_idx, test_out, fold, setting, model, name=None) -> None:
@@ -230,26 +277,35 @@ class FoldRunner:
                  row["wall_seconds"])
 
     # ------------------------------------------------------------------ random-forest head
-    def _random_forest(self, fold, inner_train, inner_val, test_idx, shift_idx, shifted) -> None:
+    def _random_forest(self, fold, inner_train, inner_val, test_idx, shift_idx, shifted,
+                       shifted_desc) -> None:
         """RF on the pooled frozen features; identical inputs (same channels and prefix) are
         fitted once and shared across variants (they differ only in the neural head)."""
         ctx, y, g = self.ctx, self.ctx.dataset.labels, self.ctx.groups
         t0 = time.perf_counter()
         key = (self.variant.channels, self.engine.model.prefix_depth, self.repeat, fold)
         x_all = pooled(self.features)
-        if key not in self.rf_memo:
+        if ("rf", *key) not in self.shared:
             rf = RandomForestHead(ctx.profile.evaluate.rf_grid(), n_jobs=2,
                                   inner_folds=ctx.profile.cv.inner_folds,
                                   random_state=ctx.config.seed)
-            self.rf_memo[key] = rf.fit(x_all[inner_train], y[inner_train], g[inner_train])
-        rf = self.rf_memo[key]
-        out = lambda x, idx=None: rf.outputs(  # noqa: E731
-            x, labels=None if idx is None else y[idx], groups=None if idx is None else g[idx])
+            self.shared[("rf", *key)] = rf.fit(x_all[inner_train], y[inner_train], g[inner_train])
+        rf = self.shared[("rf", *key)]
+
+        def out(x, idx=None, descriptors=None):
+            if descriptors is None and idx is not None:
+                descriptors = self._pick(self.descriptors, idx)
+            return rf.outputs(x, labels=None if idx is None else y[idx],
+                              groups=None if idx is None else g[idx]
+                              ).with_descriptors(descriptors)
+
         pooled_extra = lambda t: t.float().mean(dim=(-1, -2)).numpy()  # noqa: E731
         train_out, val_out = out(x_all[inner_train], inner_train), out(x_all[inner_val], inner_val)
         test_out = out(x_all[test_idx], test_idx)
-        shifted_out = {k: out(pooled_extra(x), shift_idx) for k, x in shifted.items()}
-        far_out = {k: out(pooled_extra(x)) for k, x in self.far_features.items()}
+        shifted_out = {k: out(pooled_extra(x), shift_idx, shifted_desc[k])
+                       for k, x in shifted.items()}
+        far_out = {k: out(pooled_extra(x), None, self.far_descriptors[k])
+                   for k, x in self.far_features.items()}
         row = self._evaluate(fold, RF_SETTING, train_out, val_out, test_out, shifted_out, far_out)
         row.update({f"rf_{k}": v for k, v in rf.best_params_.items()},
                    tune_best_inner_macro_f1=rf.best_score_)

@@ -34,6 +34,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON atomically (numpy scalars as floats)."""
+    import json
+
+    write_text(path, json.dumps(obj, indent=1, default=float))
+
+
 def write_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame as CSV atomically (no index)."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -27,6 +27,8 @@ class ModelOutputs:
     mc_probs:  (T, N, C) softmax probabilities of T MC-dropout passes, or None when the model
                has no dropout (no fake MC numbers)
     groups:    (N,) donor/group ids, or None
+    descriptors: ``{name: (N, D)}`` acquisition-level descriptors of the input images
+               (``evaluate.descriptors``), or None; read by the acquisition-shift detectors
 
     Treat an instance as immutable: ``probs`` is computed once and cached (read-only), so derive
     new outputs with ``subset`` or ``evaluate.base.scaled`` instead of reassigning fields.
@@ -37,6 +39,7 @@ class ModelOutputs:
     labels: np.ndarray | None = None
     mc_probs: np.ndarray | None = None
     groups: np.ndarray | None = None
+    descriptors: dict[str, np.ndarray] | None = None
 
     @cached_property
     def probs(self) -> np.ndarray:
@@ -57,4 +60,10 @@ class ModelOutputs:
             labels=pick(self.labels),
             mc_probs=None if self.mc_probs is None else self.mc_probs[:, index],
             groups=pick(self.groups),
+            descriptors=None if self.descriptors is None
+            else {k: v[index] for k, v in self.descriptors.items()},
         )
+
+    def with_descriptors(self, descriptors: dict[str, np.ndarray] | None) -> ModelOutputs:
+        """The same outputs carrying ``descriptors`` of the same images."""
+        return replace(self, descriptors=descriptors)

@@ -9,6 +9,7 @@ from scipy.special import softmax  # noqa: E402
 from smids_eval.evaluate.calibration import (  # noqa: E402
     CalibrationScorer,
     TemperatureScaler,
+    adaptive_ce,
     calibration_errors,
 )
 from smids_eval.outputs import ModelOutputs  # noqa: E402
@@ -65,3 +66,26 @@ def test_calibration_errors_match_a_hand_computed_example():
     res = calibration_errors(probs, labels)
     assert res["ece"] == pytest.approx((4 * gaps[0.9] + 2 * gaps[0.7]) / 6)
     assert res["mce"] == pytest.approx(max(gaps.values()))
+
+
+def test_adaptive_ace_uses_equal_mass_bins():
+    """6 crops in 3 equal-mass bins: (.6 wrong, .65 right), (.7, .8 right), (.9, .95 wrong)."""
+    conf = np.array([0.95, 0.6, 0.8, 0.65, 0.9, 0.7])
+    correct = np.array([0, 0, 1, 1, 0, 1])
+    expected = (abs(0.5 - 0.625) + abs(1 - 0.75) + abs(0 - 0.925)) / 3
+    assert adaptive_ce(conf, correct, bins=3) == pytest.approx(expected)
+    assert adaptive_ce(np.full(4, 0.5), np.array([1, 0, 1, 1]), bins=15) == pytest.approx(0.25)
+
+
+def test_ace_equal_width_is_netcal_multiclass_ace_and_missing_classes_work():
+    from netcal.metrics import ACE
+
+    rng = np.random.default_rng(3)
+    out = overconfident(500, rng)
+    res = calibration_errors(out.probs, out.labels)
+    assert res["ace_equal_width"] == pytest.approx(ACE(15).measure(out.probs, out.labels))
+    assert res["ace"] != pytest.approx(res["ace_equal_width"])
+    for keep in ([1], [0, 2]):
+        mask = np.isin(out.labels, keep)
+        sub = calibration_errors(out.probs[mask], out.labels[mask])
+        assert all(np.isfinite(v) for v in sub.values())

@@ -29,9 +29,10 @@ def grouped_features(n, rng, shift=0.0):
 @pytest.fixture(scope="module")
 def rf_outputs():
     rng = np.random.default_rng(0)
-    x, y, g = grouped_features(500, rng)
+    x, y, g = grouped_features(1400, rng)
     head = RandomForestHead(param_grid=SMALL_GRID).fit(x[:300], y[:300], g[:300])
-    split = {"train": slice(0, 300), "val": slice(300, 400), "test": slice(400, 500)}
+    # a validation set large enough for a 5%-risk threshold with a 90% guarantee
+    split = {"train": slice(0, 300), "val": slice(300, 1000), "test": slice(1000, 1400)}
     outs = {k: head.outputs(x[s], y[s], g[s]) for k, s in split.items()}
     far = rng.normal(0, 1, (80, 16)) * 4 - 6
     outs["far"] = head.outputs(far)
@@ -56,7 +57,7 @@ def test_evaluate_fold_returns_flat_namespaced_floats(rf_outputs):
     res = evaluate_fold(o["train"], o["val"], o["test"], ood_sets={"far": o["far"]},
                         shifted=shifted, config=EvalConfig())
     for key in ("cls_recall_abnormal_sperm", "cal_ece_ts", "cal_temperature", "sel_aurc_msp",
-                "sel_coverage_at_5pct_risk_msp", "cp_lac_coverage_a0.1", "cp_aps_set_size_a0.05",
+                "sel_oracle_coverage_at_5pct_risk_msp", "sel_val_thr_risk_msp", "cp_lac_coverage_a0.1", "cp_aps_set_size_a0.05",
                 "ood_far_knn_auroc", "ood_far_mahalanobis_fpr95",
                 "shift_gaussian_noise_s3_accuracy_drop"):
         assert key in res, key
@@ -73,7 +74,8 @@ def test_confidence_artifacts_apply_and_pickle(rf_outputs):
     frame = art.apply(o["test"])
     assert len(frame) == len(o["test"])
     assert {"predicted_class", "prob_normal_sperm", "prob_abnormal_sperm", "prob_non_sperm",
-            "mc_mi", "ood_score", "in_distribution", "conformal_set", "decision"} <= set(frame)
+            "mc_mi", "ood_score", "in_distribution", "conformal_set", "decision",
+            "refer_reason"} <= set(frame)
     assert frame["mc_mi"].isna().all() and set(frame["decision"]) <= {"accept", "refer"}
     assert set(frame["predicted_class"]) <= set(CLASSES)
     members = frame["conformal_set"].str.split("|")
@@ -82,6 +84,9 @@ def test_confidence_artifacts_apply_and_pickle(rf_outputs):
     far = art.apply(o["far"])
     assert (~far["in_distribution"]).mean() > 0.9
     assert (far.loc[~far["in_distribution"], "decision"] == "refer").all()
+    assert (far.loc[~far["in_distribution"], "refer_reason"] == "ood").all()
+    refused = frame[frame["in_distribution"] & (frame["decision"] == "refer")]
+    assert (refused["refer_reason"] == "low_confidence").all()
     assert (frame["decision"] == "accept").any()
     # with MC samples the mc_mi column is filled
     mc = np.stack([o["test"].probs] * 3)

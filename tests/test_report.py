@@ -80,6 +80,10 @@ def test_full_report_has_every_section_and_valid_figures(study, tmp_path):
     assert "Variants without dropout (no MC-dropout): A.0." in found["MC-dropout"]
     assert "test_throughput[F.1]" in found["Throughput"] and "12.500" in found["Throughput"]
     assert re.search(r"\| accuracy \|.*\| 0\.100 \|", found["Grouped vs random split"])
+    ood = found["Out-of-distribution detection"]
+    assert "Tier 1, new acquisition groups" in ood and "per fold:" in ood
+    assert "| foreign lab | lab_stained_heads |" in ood and "A folder judged as a batch" in ood
+    assert "sel_val_thr" not in found["Selective prediction"]  # named for readers, not columns
     links = figure_links(text)
     expected = {"label_distribution", "image_sizes", "leaderboard", "per_class_recall",
                 "confusion_matrices", "training_curves", "reliability", "risk_coverage",

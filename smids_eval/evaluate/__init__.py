@@ -18,8 +18,8 @@ from .calibration import CalibrationScorer, TemperatureScaler
 from .conformal import ConformalPredictor, ConformalScorer
 from .mc_dropout import MCDropoutScorer, mutual_information
 from .metrics import ClassificationScorer
-from .ood import DETECTORS, Detector, OODScorer
-from .selective import SelectiveScorer, coverage_at_risk
+from .ood import DETECTORS, InDistribution, OODScorer
+from .selective import SelectiveScorer, risk_controlling_threshold
 from .shifts import shift_accuracy_keys
 
 #: name -> Scorer class built with ``from_config``; a new scorer is one class plus one line
@@ -32,19 +32,30 @@ SCORERS: dict[str, type[Scorer]] = {
 }
 
 
+def ood_scorer(config: EvalConfig) -> OODScorer:
+    """The OOD scorer with the profile's in-distribution rule."""
+    return OODScorer(acquisition_keep=config.acquisition_keep,
+                     semantic_keep=config.semantic_keep,
+                     acquisition=config.acquisition_detector, semantic=config.semantic_detector)
+
+
 def evaluate_fold(train: ModelOutputs | None, val: ModelOutputs, test: ModelOutputs, *,
                   ood_sets: dict[str, ModelOutputs], shifted: dict[str, ModelOutputs],
-                  config: EvalConfig) -> dict[str, float]:
+                  config: EvalConfig, graded: dict[str, ModelOutputs] | None = None
+                  ) -> dict[str, float]:
     """Every scorer in ``SCORERS`` fitted on (train, val) and scored on ``test``; OOD metrics of
-    every applicable detector for each of ``ood_sets`` against ``test``; accuracy and drop for
-    each of ``shifted`` (keys ``"<shift>_s<k>"``, labelled copies of test images). Pass shifted
-    sets in ``ood_sets`` too to get their detection metrics. ``cal_temperature`` is the fold's
-    temperature fitted on ``val``: pass it on to ``fit_confidence_artifacts``."""
+    every applicable detector for each of ``ood_sets`` against ``test`` (the held-out fold's
+    false-alarm rate too), the in-distribution rule's flagged share on ``graded`` sets; accuracy
+    and drop for each of ``shifted`` (keys ``"<shift>_s<k>"``, labelled copies of test images).
+    Pass shifted sets in ``ood_sets`` or ``graded`` too to get their detection metrics.
+    ``cal_temperature`` is the fold's temperature fitted on ``val``: pass it on to
+    ``fit_confidence_artifacts``."""
     res: dict[str, float] = {}
     for scorer in SCORERS.values():
         res.update(scorer.from_config(config).fit(train, val).score(test))
-    if ood_sets:
-        res.update(OODScorer().fit(train, val).score_sets(test, ood_sets))
+    if ood_sets or graded:
+        res.update(ood_scorer(config).fit(train, val).score_sets(test, ood_sets, graded))
+        res.update(batch_shift_keys(fit_batch_test(train, val), test, ood_sets))
     if shifted:
         clean = float((test.probs.argmax(1) == test.labels).mean())
         res.update(shift_accuracy_keys(clean, {k: float((o.probs.argmax(1) == o.labels).mean())
@@ -52,31 +63,89 @@ def evaluate_fold(train: ModelOutputs | None, val: ModelOutputs, test: ModelOutp
     return res
 
 
+BATCH_SIZE, BATCH_ALPHA, BATCHES_PER_GROUP = 50, 0.01, 4
+
+
+def fit_batch_test(train: ModelOutputs | None, val: ModelOutputs):
+    """The batch shift test (``batch_shift.BatchShiftTest``) on the image statistics of every
+    non-test image of the fold (inner train + validation: the most acquisition groups to
+    calibrate "a new group of the same lab" on); None without descriptors."""
+    from .batch_shift import BatchShiftTest
+
+    parts = [o for o in (train, val) if o is not None and o.descriptors is not None
+             and "image_stats" in o.descriptors]
+    if not parts:
+        return None
+    stats = np.concatenate([o.descriptors["image_stats"] for o in parts])
+    groups = (np.concatenate([np.asarray(o.groups).astype(str) for o in parts])
+              if all(o.groups is not None for o in parts) else None)
+    return BatchShiftTest().fit(stats, groups=groups)
+
+
+def batch_shift_keys(test_batch, test: ModelOutputs, ood_sets: dict[str, ModelOutputs],
+                     seed: int = 0) -> dict[str, float]:
+    """How the batch test behaves on this fold: ``batch_heldout_false_alarm`` = share of
+    batches of ``BATCH_SIZE`` crops from one held-out acquisition group with p < 0.01 (up to
+    ``BATCHES_PER_GROUP`` batches per group large enough), ``batch_heldout_batches`` their
+    number, and ``batch_<set>_p`` for the first ``BATCH_SIZE`` images of each OOD set."""
+    if test_batch is None or test.descriptors is None or test.groups is None:
+        return {}
+    rng = np.random.default_rng(seed)
+    stats, groups = test.descriptors["image_stats"], np.asarray(test.groups)
+    p_values = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        for _ in range(min(BATCHES_PER_GROUP, len(members) // BATCH_SIZE)):
+            pick = rng.choice(members, BATCH_SIZE, replace=False)
+            p_values.append(test_batch.test(stats[pick]).p_value)
+    res = {"batch_heldout_batches": float(len(p_values)),
+           "batch_heldout_false_alarm": (float(np.mean(np.asarray(p_values) < BATCH_ALPHA))
+                                         if p_values else float("nan"))}
+    for name, ood in ood_sets.items():
+        if ood.descriptors is not None and len(ood) >= BATCH_SIZE:
+            res[f"batch_{name}_p"] = float(
+                test_batch.test(ood.descriptors["image_stats"][:BATCH_SIZE]).p_value)
+    return res
+
+
+#: why ``decision`` is ``refer``, in the order they are checked ("" for accepted crops)
+REFER_REASONS = ("ood", "low_confidence", "fold_disagreement")
+
+
 @dataclass
 class ConfidenceArtifacts:
     """What predict.py needs for one fold's model (picklable). Probabilities are temperature
     scaled; conformal sets and the selective threshold are fitted on those scaled validation
-    probabilities. A crop is ``accept`` iff its calibrated max probability reaches
-    ``confidence_threshold`` (validation risk <= risk_target) and it is in-distribution;
-    otherwise ``refer`` (to the embryologist)."""
+    probabilities. A crop is ``accept`` iff the in-distribution rule keeps it (acquisition AND
+    semantic detector) and its calibrated max probability reaches ``confidence_threshold``, the
+    lowest threshold whose Clopper-Pearson upper bound on validation risk is <= ``risk_target``
+    at confidence 1 - ``risk_delta``; otherwise ``refer`` (to the embryologist) with
+    ``refer_reason``. ``batch_test`` judges a whole folder against the validation images."""
 
     temperature: float
-    detector_name: str
-    detector: Detector
+    detector: InDistribution
     conformal: ConformalPredictor
     alpha: float
     confidence_threshold: float
     risk_target: float
+    risk_delta: float
+    batch_test: object | None = None
+
+    @property
+    def detector_name(self) -> str:
+        return "+".join(self.detector.names)
 
     def apply(self, outputs: ModelOutputs) -> pd.DataFrame:
         """One row per image: predicted_class, prob_<slug>, max_prob, mc_mi (NaN without MC),
-        ood_score (higher = more in-distribution), in_distribution, conformal_set, decision."""
+        ood_score (>= 0 iff in-distribution), in_distribution, conformal_set (class-conditional
+        LAC), confident, decision, refer_reason."""
         cal = scaled(outputs, self.temperature)
         probs = cal.probs
         ood_score = self.detector.score(outputs)
         in_dist = ood_score >= self.detector.threshold_
         sets = self.conformal.predict_sets(probs, self.alpha)
         max_prob = probs.max(axis=1)
+        confident = max_prob >= self.confidence_threshold
         frame = pd.DataFrame({"predicted_class": np.asarray(CLASSES)[probs.argmax(axis=1)]})
         for k, slug in enumerate(SLUGS):
             frame[f"prob_{slug}"] = probs[:, k]
@@ -86,17 +155,19 @@ class ConfidenceArtifacts:
         frame["ood_score"] = ood_score
         frame["in_distribution"] = in_dist
         frame["conformal_set"] = ["|".join(c for c, m in zip(CLASSES, row, strict=True) if m) for row in sets]
-        frame["decision"] = np.where((max_prob >= self.confidence_threshold) & in_dist,
-                                     "accept", "refer")
+        frame["confident"] = confident
+        frame["decision"] = np.where(confident & in_dist, "accept", "refer")
+        frame["refer_reason"] = np.where(~in_dist, "ood", np.where(~confident, "low_confidence", ""))
         return frame
 
 
 def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, config: EvalConfig,
-                             *, detector: str = "knn", alpha: float = 0.1,
-                             temperature: float | None = None) -> ConfidenceArtifacts:
-    """Temperature, OOD detector (+ 95%-keep threshold), conformal LAC qhat at ``alpha`` and the
-    selective threshold at ``config.risk_target``, all fitted on this fold's train/val outputs.
-    Falls back to ``msp`` when ``detector`` needs training outputs and ``train`` is None.
+                             *, alpha: float = 0.1, temperature: float | None = None
+                             ) -> ConfidenceArtifacts:
+    """Temperature, the in-distribution rule (``config``'s acquisition and semantic detectors,
+    thresholds keeping ``acquisition_keep`` / ``semantic_keep`` of validation), class-conditional conformal LAC at
+    ``alpha``, the risk-controlling selective threshold and the batch shift test, all fitted on
+    this fold's train/val outputs (never on the held-out fold).
 
     ``temperature``: the fold's already fitted temperature (``evaluate_fold``'s
     ``cal_temperature``, fitted on the same ``val``), so a fold fits T once and its reported
@@ -104,17 +175,18 @@ def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, conf
     if temperature is None:
         temperature = TemperatureScaler().fit(val.logits, val.labels).temperature_
     cal_val = scaled(val, temperature)
-    if DETECTORS[detector].requires_train and train is None:
-        detector = "msp"
-    det = DETECTORS[detector]().fit(train, val)
+    rule = InDistribution(config.acquisition_keep, config.semantic_keep,
+                          config.acquisition_detector, config.semantic_detector).fit(train if train is not None else val, val)
     alphas = tuple(sorted({alpha, *config.conformal_alphas}))
-    conformal = ConformalPredictor("lac", alphas).fit(cal_val.probs, val.labels)
+    conformal = ConformalPredictor("lac", alphas, mondrian=True).fit(cal_val.probs, val.labels)
     correct = cal_val.probs.argmax(1) == val.labels
-    _, threshold = coverage_at_risk(cal_val.probs.max(1), correct, config.risk_target)
-    return ConfidenceArtifacts(temperature=temperature, detector_name=detector, detector=det,
-                               conformal=conformal, alpha=alpha, confidence_threshold=threshold,
-                               risk_target=config.risk_target)
+    _, threshold = risk_controlling_threshold(cal_val.probs.max(1), correct, config.risk_target,
+                                              config.risk_delta)
+    return ConfidenceArtifacts(temperature=temperature, detector=rule, conformal=conformal,
+                               alpha=alpha, confidence_threshold=threshold,
+                               risk_target=config.risk_target, risk_delta=config.risk_delta,
+                               batch_test=fit_batch_test(train, val))
 
 
-__all__ = ["SCORERS", "DETECTORS", "ConfidenceArtifacts", "evaluate_fold",
+__all__ = ["SCORERS", "DETECTORS", "REFER_REASONS", "ConfidenceArtifacts", "evaluate_fold",
            "fit_confidence_artifacts", "class_slug"]

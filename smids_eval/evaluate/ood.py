@@ -3,7 +3,14 @@
 Every detector: ``fit(train, val) -> self``, ``score(outputs) -> (N,)`` with HIGHER = MORE
 IN-DISTRIBUTION (OpenOOD convention), and ``threshold_``: the validation score quantile that
 keeps ``keep`` (95%) of validation images; ``is_in_distribution(outputs)`` applies it.
-Metrics treat in-distribution as the positive class."""
+Metrics treat in-distribution as the positive class.
+
+Two levels (``Detector.level``): ``semantic`` detectors read the classifier's outputs (softmax,
+logits, penultimate features) and catch images unlike any class; ``acquisition`` detectors read
+``ModelOutputs.descriptors`` (image statistics, early-block moments) and catch another lab,
+microscope or stain even when the classifier is confidently fooled. ``InDistribution`` is the
+rule ``predict`` and the report use: in-distribution only if both its acquisition and its
+semantic detector keep the image."""
 
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ from .mc_dropout import mutual_information, predictive_entropy
 class Detector:
     requires_mc = False
     requires_train = False
+    descriptor: str | None = None  # acquisition detectors: the descriptor they read
+    level = "semantic"
 
     def __init__(self, keep: float = 0.95):
         self.keep = keep
@@ -127,11 +136,92 @@ class KNN(Detector):
         return -dist[:, -1].astype(np.float64)
 
 
+class DescriptorDistance(Detector):
+    """Negative Mahalanobis distance of an acquisition descriptor to the training images' mean:
+    standardised on the training part, Ledoit-Wolf covariance, one Gaussian for all classes
+    (labs differ in acquisition, whatever the class)."""
+
+    requires_train = True
+    level = "acquisition"
+
+    def _values(self, outputs: ModelOutputs) -> np.ndarray:
+        if outputs.descriptors is None or self.descriptor not in outputs.descriptors:
+            raise ValueError(f"{type(self).__name__} needs the {self.descriptor!r} descriptor")
+        return np.asarray(outputs.descriptors[self.descriptor], dtype=np.float64)
+
+    def _fit(self, train, val):
+        x = self._values(train)
+        self.mean_ = x.mean(axis=0)
+        std = x.std(axis=0)
+        self.scale_ = np.where(std > 1e-8, std, 1.0)
+        self.precision_ = LedoitWolf().fit((x - self.mean_) / self.scale_).precision_
+
+    def score(self, outputs):
+        z = np.clip((self._values(outputs) - self.mean_) / self.scale_, -1e6, 1e6)
+        return -np.einsum("nd,de,ne->n", z, self.precision_, z)
+
+
+class ImageStats(DescriptorDistance):
+    """Colour, stain (HED), background, illumination, sharpness, noise and scale statistics of
+    the image itself (``descriptors.image_statistics``)."""
+
+    descriptor = "image_stats"
+
+
+class BlockMoments(DescriptorDistance):
+    """Per-channel activation moments of VGG19 blocks 1-2 (``descriptors.block_moments``)."""
+
+    descriptor = "block_moments"
+
+
 #: name -> detector class; a new detector is one small class plus one line here
 DETECTORS: dict[str, type[Detector]] = {
     "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "entropy": Entropy,
     "mc_mi": MCMutualInfo, "mahalanobis": Mahalanobis, "knn": KNN,
+    "image_stats": ImageStats, "block_moments": BlockMoments,
 }
+
+
+class InDistribution(Detector):
+    """The in-distribution rule: an image is in-distribution only if the acquisition detector
+    AND the semantic detector keep it, at the thresholds keeping ``acquisition_keep`` and
+    ``semantic_keep`` of validation images. ``score`` is the smaller of the two margins (score minus threshold, in units of
+    the detector's validation interquartile range), so ``score >= 0`` iff in-distribution.
+    Outputs without descriptors fall back to the semantic detector alone (``names`` says
+    which detectors were used)."""
+
+    requires_train = True
+
+    def __init__(self, acquisition_keep: float = 0.95, semantic_keep: float = 0.975,
+                 acquisition: str = "image_stats", semantic: str = "knn"):
+        super().__init__(min(acquisition_keep, semantic_keep))
+        self.acquisition, self.semantic = acquisition, semantic
+        self.keeps = {"acquisition": acquisition_keep, "semantic": semantic_keep}
+
+    def fit(self, train, val):
+        names = {"acquisition": self.acquisition, "semantic": self.semantic}
+        fallback = {"acquisition": "image_stats", "semantic": "msp"}
+        self.parts_ = {}
+        for level, name in names.items():
+            if not applicable(name, train, val):
+                name = fallback[level]
+            if not applicable(name, train, val):
+                continue  # outputs without descriptors: the semantic detector alone
+            det = DETECTORS[name](self.keeps[level]).fit(train, val)
+            q75, q25 = np.percentile(det.score(val), [75, 25])
+            self.parts_[name] = (det, max(float(q75 - q25), 1e-12))
+        self.threshold_ = 0.0
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.parts_)
+
+    def margins(self, outputs: ModelOutputs) -> dict[str, np.ndarray]:
+        return {n: (d.score(outputs) - d.threshold_) / iqr for n, (d, iqr) in self.parts_.items()}
+
+    def score(self, outputs):
+        return np.min(np.stack(list(self.margins(outputs).values())), axis=0)
 
 
 def ood_metrics(score_in: np.ndarray, score_out: np.ndarray) -> dict[str, float]:
@@ -147,35 +237,74 @@ def ood_metrics(score_in: np.ndarray, score_out: np.ndarray) -> dict[str, float]
             "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")])}
 
 
+def has_descriptor(outputs: ModelOutputs | None, name: str | None) -> bool:
+    return name is None or (outputs is not None and outputs.descriptors is not None
+                            and name in outputs.descriptors)
+
+
 def applicable(name: str, train: ModelOutputs | None, val: ModelOutputs) -> bool:
     cls = DETECTORS[name]
     return not ((cls.requires_mc and val.mc_probs is None)
-                or (cls.requires_train and train is None))
+                or (cls.requires_train and train is None)
+                or not (has_descriptor(train, cls.descriptor)
+                        and has_descriptor(val, cls.descriptor)))
+
+
+def usable_on(det: Detector, outputs: ModelOutputs) -> bool:
+    """Whether ``outputs`` carries what ``det`` reads (MC samples, descriptors)."""
+    if isinstance(det, InDistribution):
+        return all(usable_on(part, outputs) for part, _ in det.parts_.values())
+    return (not (det.requires_mc and outputs.mc_probs is None)
+            and has_descriptor(outputs, det.descriptor))
+
+
+#: the OOD metrics reported per detector and set (AUPR stays available in ``ood_metrics``)
+REPORTED = ("auroc", "fpr95")
+FLAG = "in_distribution"  # name of the combined rule in result keys
 
 
 class OODScorer:
-    """Fits every applicable detector; ``score_sets`` returns
-    ``ood_<set>_<detector>_{auroc,aupr_in,aupr_out,fpr95}`` against the held-out test fold.
-    MC detectors are skipped when validation or an OOD set has no ``mc_probs``."""
+    """Fits every applicable detector and the ``InDistribution`` rule on (train, val).
 
-    def __init__(self, detectors: tuple[str, ...] | None = None):
+    ``score_sets`` returns, against the held-out test fold (new acquisition groups):
+    ``ood_heldout_<det>_flagged`` (share of held-out images called out: the false-alarm rate a
+    lab pays), and for every OOD set ``ood_<set>_<det>_{auroc,fpr95,flagged}``; sets in
+    ``graded`` (milder shift severities) get only the rule's ``ood_<set>_in_distribution_flagged``.
+    MC detectors are skipped when an image set has no ``mc_probs``."""
+
+    def __init__(self, detectors: tuple[str, ...] | None = None, acquisition_keep: float = 0.95,
+                 semantic_keep: float = 0.975, acquisition: str = "image_stats",
+                 semantic: str = "knn"):
         self.detectors = detectors
+        self.rule = InDistribution(acquisition_keep, semantic_keep, acquisition, semantic)
 
     def fit(self, train: ModelOutputs | None, val: ModelOutputs) -> OODScorer:
         names = self.detectors or tuple(DETECTORS)
-        self.detectors_ = {n: DETECTORS[n]().fit(train, val)
-                           for n in names if applicable(n, train, val)}
+        self.detectors_: dict[str, Detector] = {
+            n: DETECTORS[n]().fit(train, val) for n in names if applicable(n, train, val)}
+        if train is not None:
+            self.detectors_[FLAG] = self.rule.fit(train, val)
         return self
 
-    def score_sets(self, test: ModelOutputs, ood_sets: dict[str, ModelOutputs]) -> dict[str, float]:
+    def score_sets(self, test: ModelOutputs, ood_sets: dict[str, ModelOutputs],
+                   graded: dict[str, ModelOutputs] | None = None) -> dict[str, float]:
         res = {}
         for name, det in self.detectors_.items():
-            if det.requires_mc and test.mc_probs is None:
+            if not usable_on(det, test):
                 continue
             s_in = det.score(test)
+            res[f"ood_heldout_{name}_flagged"] = float(np.mean(s_in < det.threshold_))
             for set_name, ood in ood_sets.items():
-                if det.requires_mc and ood.mc_probs is None:
+                if not usable_on(det, ood):
                     continue
-                for k, v in ood_metrics(s_in, det.score(ood)).items():
-                    res[f"ood_{set_name}_{name}_{k}"] = v
+                s_out = det.score(ood)
+                metrics = ood_metrics(s_in, s_out)
+                for k in REPORTED:
+                    res[f"ood_{set_name}_{name}_{k}"] = metrics[k]
+                res[f"ood_{set_name}_{name}_flagged"] = float(np.mean(s_out < det.threshold_))
+        rule = self.detectors_.get(FLAG)
+        for set_name, ood in (graded or {}).items():
+            if rule is not None and usable_on(rule, ood):
+                res[f"ood_{set_name}_{FLAG}_flagged"] = float(
+                    np.mean(rule.score(ood) < rule.threshold_))
         return res

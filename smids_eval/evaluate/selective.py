@@ -1,5 +1,6 @@
-"""Selective classification: risk-coverage curves, AURC, and the coverage / threshold at which
-the error rate among accepted crops stays <= ``risk_target`` (the rest go to the embryologist).
+"""Selective classification: risk-coverage curves, AURC, and the confidence threshold at which
+the error rate among accepted crops stays <= ``risk_target`` (the rest go to the embryologist),
+chosen on validation with a Learn-then-Test guarantee (``risk_controlling_threshold``).
 
 Confidence scores (higher = more confident), registry ``CONFIDENCE_SCORES``: ``msp`` (max
 softmax), ``mc_msp`` (max of the MC mean), ``neg_entropy`` (-entropy of the softmax),
@@ -8,6 +9,7 @@ softmax), ``mc_msp`` (max of the MC mean), ``neg_entropy`` (-entropy of the soft
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import beta
 
 from ..config import EvalConfig
 from ..outputs import ModelOutputs
@@ -27,16 +29,20 @@ def available_scores(outputs: ModelOutputs) -> list[str]:
     return [s for s in CONFIDENCE_SCORES if outputs.mc_probs is not None or s not in _NEEDS_MC]
 
 
-def _curve(confidence, correct):
-    """(coverage, risk, threshold) at each distinct confidence value, highest first; tied
-    scores are accepted or referred together."""
+def _counts(confidence, correct):
+    """(n accepted, n errors among them, threshold) at each distinct confidence value, highest
+    first; tied scores are accepted or referred together."""
     confidence = np.asarray(confidence, dtype=np.float64)
     order = np.argsort(-confidence, kind="stable")
     conf, err = confidence[order], 1.0 - np.asarray(correct, dtype=np.float64)[order]
-    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
-    n_acc = np.arange(1, len(conf) + 1)[last_of_tie]
-    risk = np.cumsum(err)[last_of_tie] / n_acc
-    return n_acc / len(conf), risk, conf[last_of_tie]
+    last_of_tie = np.r_[conf[1:] != conf[:-1], True] if len(conf) else np.zeros(0, bool)
+    return np.arange(1, len(conf) + 1)[last_of_tie], np.cumsum(err)[last_of_tie], conf[last_of_tie]
+
+
+def _curve(confidence, correct):
+    """(coverage, risk, threshold) at each distinct confidence value, highest first."""
+    n_acc, n_err, thr = _counts(confidence, correct)
+    return n_acc / max(len(confidence), 1), n_err / n_acc, thr
 
 
 def risk_coverage_curve(confidence: np.ndarray, correct: np.ndarray):
@@ -63,27 +69,60 @@ def coverage_at_risk(confidence: np.ndarray, correct: np.ndarray, risk_target: f
     return float(coverage[ok[-1]]), float(thr[ok[-1]])
 
 
+def risk_upper_bound(n_accepted, n_errors, delta: float = 0.1) -> np.ndarray:
+    """One-sided Clopper-Pearson upper bound on the risk at confidence 1 - delta (1 when all
+    accepted crops are errors)."""
+    n, k = np.asarray(n_accepted, dtype=np.float64), np.asarray(n_errors, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        ucb = beta.ppf(1 - delta, k + 1, np.maximum(n - k, 1e-300))
+    return np.where(k < n, ucb, 1.0)
+
+
+def risk_controlling_threshold(confidence: np.ndarray, correct: np.ndarray,
+                               risk_target: float = 0.05, delta: float = 0.1):
+    """Learn-then-Test fixed-sequence test: scan thresholds from the most confident down, stop
+    at the first whose Clopper-Pearson upper risk bound exceeds ``risk_target``; returns
+    (validation coverage, threshold) of the lowest passing one, ``(0.0, inf)`` if none. With
+    probability >= 1 - delta the risk of ``confidence >= threshold`` is <= risk_target.
+
+    The scan starts at the first threshold accepting enough crops that zero errors would pass
+    (fewer can never pass, whatever the labels): the start depends on the confidences only."""
+    n_acc, n_err, thr = _counts(confidence, correct)
+    testable = np.flatnonzero(risk_upper_bound(n_acc, 0, delta) <= risk_target)
+    if len(testable) == 0:
+        return 0.0, float("inf")
+    start = testable[0]
+    passing = risk_upper_bound(n_acc[start:], n_err[start:], delta) <= risk_target
+    n_pass = len(passing) if passing.all() else int(np.argmin(passing))
+    if n_pass == 0:
+        return 0.0, float("inf")
+    last = start + n_pass - 1
+    return float(n_acc[last] / len(confidence)), float(thr[last])
+
+
 def pct_tag(risk_target: float) -> str:
     return f"{risk_target * 100:g}pct"
 
 
 class SelectiveScorer(Scorer):
-    """``fit`` picks, on validation, the threshold of each confidence score reaching
-    ``risk_target`` (``thresholds_``); ``score`` reports per score ``sel_aurc_<s>``, the oracle
-    ``sel_coverage_at_<p>_risk_<s>`` on test, and the coverage / risk achieved on test by the
-    validation threshold (``sel_val_thr_coverage_<s>``, ``sel_val_thr_risk_<s>``)."""
+    """``fit`` picks, on validation, the risk-controlling threshold of each confidence score
+    (``thresholds_``, see ``risk_controlling_threshold``); ``score`` reports per score
+    ``sel_aurc_<s>``, the test-label-chosen ``sel_oracle_coverage_at_<p>_risk_<s>`` and, for the
+    validation threshold on test, ``sel_val_thr_coverage_<s>``, ``sel_val_thr_risk_<s>`` (NaN
+    when nothing is accepted) and ``sel_val_thr_accepted_<s>`` (count)."""
 
-    def __init__(self, risk_target: float = 0.05):
+    def __init__(self, risk_target: float = 0.05, delta: float = 0.1):
         self.risk_target = risk_target
+        self.delta = delta
 
     @classmethod
     def from_config(cls, config: EvalConfig) -> SelectiveScorer:
-        return cls(risk_target=config.risk_target)
+        return cls(risk_target=config.risk_target, delta=config.risk_delta)
 
     def fit(self, train: ModelOutputs | None, val: ModelOutputs) -> SelectiveScorer:
         correct = val.probs.argmax(1) == val.labels
-        self.thresholds_ = {s: coverage_at_risk(CONFIDENCE_SCORES[s](val), correct,
-                                                self.risk_target)[1]
+        self.thresholds_ = {s: risk_controlling_threshold(CONFIDENCE_SCORES[s](val), correct,
+                                                          self.risk_target, self.delta)[1]
                             for s in available_scores(val)}
         return self
 
@@ -94,11 +133,15 @@ class SelectiveScorer(Scorer):
         for s in available_scores(test):
             conf = CONFIDENCE_SCORES[s](test)
             res[f"sel_aurc_{s}"] = aurc(conf, correct)
-            res[f"sel_coverage_at_{tag}_risk_{s}"] = coverage_at_risk(conf, correct,
-                                                                     self.risk_target)[0]
+            res[f"sel_oracle_coverage_at_{tag}_risk_{s}"] = coverage_at_risk(
+                conf, correct, self.risk_target)[0]
             if s in self.thresholds_:
-                accepted = conf >= self.thresholds_[s]
-                res[f"sel_val_thr_coverage_{s}"] = float(accepted.mean())
-                res[f"sel_val_thr_risk_{s}"] = (float(1 - correct[accepted].mean())
-                                                if accepted.any() else float("nan"))
+                res.update(self._at_threshold(s, conf >= self.thresholds_[s], correct))
         return res
+
+    @staticmethod
+    def _at_threshold(s: str, accepted: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+        risk = float(1 - correct[accepted].mean()) if accepted.any() else float("nan")
+        return {f"sel_val_thr_coverage_{s}": float(accepted.mean()),
+                f"sel_val_thr_risk_{s}": risk,
+                f"sel_val_thr_accepted_{s}": float(accepted.sum())}

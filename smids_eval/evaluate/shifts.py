@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from skimage.color import hsv2rgb, rgb2hsv
+from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 
 SEVERITIES = (1, 2, 3)
 
@@ -86,10 +86,66 @@ def rescale(images, severity, rng):
                       .resize((size, size), Image.BILINEAR))
 
 
+def hed_stain(images, severity, rng):
+    """Another staining protocol: haematoxylin and eosin densities rescaled and swapped in
+    weight in the HED stain space (Ruifrok & Johnston), as between labs' stain batches."""
+    hed = rgb2hed(images.astype(np.float64) / 255.0)
+    h_gain, e_gain = ((0.6, 1.8), (0.35, 2.8), (0.15, 4.5))[severity - 1]
+    hed[..., 0] *= h_gain
+    hed[..., 1] = hed[..., 1] * e_gain + (0.01, 0.03, 0.06)[severity - 1]
+    return _to_uint8(np.clip(hed2rgb(hed), 0, 1) * 255)
+
+
+def grey(images, severity, rng):
+    """Colour to grey (an unstained or monochrome-camera lab), blended 50 / 80 / 100%."""
+    x = images.astype(np.float64)
+    lum = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+    w = (0.5, 0.8, 1.0)[severity - 1]
+    return _to_uint8((1 - w) * x + w * lum)
+
+
+def pseudo_colour(images, severity, rng):
+    """Grey to pseudo-colour (a camera's false-colour lookup table), blended 40 / 70 / 100%."""
+    from matplotlib import colormaps
+
+    x = images.astype(np.float64)
+    lum = (x @ np.array([0.299, 0.587, 0.114])) / 255.0
+    mapped = colormaps["viridis"](lum)[..., :3] * 255.0
+    w = (0.4, 0.7, 1.0)[severity - 1]
+    return _to_uint8((1 - w) * x + w * mapped)
+
+
+def zoom_in(images, severity, rng):
+    """Higher magnification / head-only crops: the central 75 / 55 / 40% enlarged to the crop."""
+    size = images.shape[1]
+    side = max(2, round(size * (0.75, 0.55, 0.40)[severity - 1]))
+    lo = (size - side) // 2
+    return _per_image(images, lambda im: im.crop((lo, lo, lo + side, lo + side))
+                      .resize((size, size), Image.BILINEAR))
+
+
+def zoom_out(images, severity, rng):
+    """Lower magnification: the crop shrunk to 75 / 55 / 40% and padded with its own border
+    colour (more background around a smaller cell)."""
+    size = images.shape[1]
+    side = max(2, round(size * (0.75, 0.55, 0.40)[severity - 1]))
+    lo = (size - side) // 2
+    out = []
+    for im in images:
+        edge = np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]])
+        canvas = np.empty_like(im)
+        canvas[:] = np.median(edge, axis=0).astype(np.uint8)
+        canvas[lo:lo + side, lo:lo + side] = np.asarray(
+            Image.fromarray(im).resize((side, side), Image.BILINEAR))
+        out.append(canvas)
+    return np.stack(out)
+
+
 #: name -> function(images, severity, rng); a new shift is one function plus one line here
-SHIFTS = {"stain": stain, "brightness_contrast": brightness_contrast,
-          "defocus_blur": defocus_blur, "gaussian_noise": gaussian_noise, "jpeg": jpeg,
-          "rescale": rescale}
+SHIFTS = {"stain": stain, "hed_stain": hed_stain, "grey": grey, "pseudo_colour": pseudo_colour,
+          "brightness_contrast": brightness_contrast, "defocus_blur": defocus_blur,
+          "gaussian_noise": gaussian_noise, "jpeg": jpeg, "rescale": rescale,
+          "zoom_in": zoom_in, "zoom_out": zoom_out}
 
 
 def apply_shift(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:

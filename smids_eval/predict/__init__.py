@@ -3,9 +3,22 @@
 Each fold model of the chosen variant and setting (``RUN/models/<variant>/fold<k>-<setting>.pt``)
 is rebuilt exactly as trained (same backbone weights and, for random weights, the same run seed
 for the frozen prefix), run on the images (decoded like the data layer: RGB, bilinear resize to
-the profile's image_size) and passed through that fold's confidence artifacts (temperature,
-OOD detector at the threshold keeping 95% of validation images, conformal sets, 5%-risk
-acceptance threshold).
+the profile's image_size) and passed through that fold's confidence artifacts, all fitted on the
+fold's validation images (never its test fold):
+
+* temperature scaling of the probabilities;
+* the in-distribution rule: an image is in-distribution only if BOTH an acquisition-level
+  detector (default ``image_stats``: colour, stain, background, illumination, sharpness,
+  noise and scale statistics of the image; or ``block_moments`` of VGG19 blocks 1-2) AND a
+  semantic detector (default ``knn`` on the head's penultimate features) keep it, each at the
+  thresholds keeping 95% (acquisition) and 97.5% (semantic) of validation images (new
+  acquisition groups); the detectors and shares are set in the profile's [evaluate] section
+  (``acquisition_detector``, ``semantic_detector``, ``acquisition_keep``, ``semantic_keep``);
+* class-conditional (Mondrian) conformal LAC sets at alpha = 0.1;
+* the acceptance threshold on the calibrated max probability: the lowest one whose
+  Clopper-Pearson upper bound on the validation error rate stays <= risk_target (5%) at
+  confidence 1 - risk_delta (90%), tested in fixed sequence (Learn-then-Test), so the error rate
+  among accepted crops of the same distribution is <= 5% with probability >= 90%.
 
 With several folds (default: every outer fold of repeat 0, ``tuned`` setting) the folds are an
 ensemble (each repeat re-draws the folds of the same data; ``--repeat R`` picks another):
@@ -13,13 +26,24 @@ ensemble (each repeat re-draws the folds of the same data; ``--repeat R`` picks 
 * prob_<class>: mean of the folds' temperature-scaled probabilities; predicted_class its argmax,
   max_prob its maximum;
 * mc_mi: mean of the folds' MC-dropout mutual information (empty for non-dropout variants);
-* ood_score: mean of the folds' scores (higher = more in-distribution); in_distribution: a strict
-  majority of the folds call the image in-distribution (a tie counts as out);
+* ood_score: mean of the folds' scores (>= 0 = in-distribution for one fold; higher = more
+  in-distribution); in_distribution: a strict majority of the folds call the image
+  in-distribution (a tie counts as out);
 * conformal_set: union of the folds' sets (conservative: covers at least as often as each fold);
-* decision: ``accept`` only if every fold accepts (confident and in-distribution) and every
-  fold's predicted class equals the ensemble's; otherwise ``refer``.
+* decision: ``accept`` only if the image is in-distribution, every fold is confident (max
+  probability at or above its risk-controlling threshold) and every fold's predicted class
+  equals the ensemble's; otherwise ``refer`` with ``refer_reason`` = the first failing check:
+  ``ood``, ``low_confidence`` or ``fold_disagreement``.
 
 With one fold (``--fold K``) the row is exactly that fold's output.
+
+A whole folder is also judged as a batch: with at least ``BATCH_TEST_MIN`` (20) readable images,
+each fold's batch test compares their acquisition statistics with that fold's validation images
+(MMD two-sample test, "Failing Loudly", Rabanser et al. 2019; p-value calibrated on how much a new
+acquisition group of the training lab differs when the validation images hold enough groups,
+else a permutation p-value). The median p-value over the folds is printed in the summary line
+and written with the details to ``<out>.batch.json``; p < 0.01 means the batch as a whole does
+not look like the training lab's acquisitions even if single images pass.
 
 Output: one CSV row per input path (files in folders are found recursively; hidden files are
 skipped). status is ``ok``, ``unreadable`` (corrupt, empty or missing file; see ``error``) or
@@ -43,6 +67,7 @@ from ..data.decode import decode_image
 from ..data.scan import IMAGE_SUFFIXES, folder_files, is_image_file
 from ..engine import Engine
 from ..errors import ConfigError
+from ..evaluate.descriptors import describe, image_statistics
 from ..naming import SETTINGS as _SETTINGS
 from ..run_folder import RunFolder
 from ..saved_model import build_engine, check_state
@@ -52,9 +77,11 @@ SETTINGS = tuple(reversed(_SETTINGS))  # "tuned" first: the default
 OK, UNREADABLE, NOT_AN_IMAGE = "ok", "unreadable", "not_an_image"
 PROB_COLUMNS = [f"prob_{s}" for s in SLUGS]
 COLUMNS = ["path", "status", "error", "predicted_class", *PROB_COLUMNS, "max_prob", "mc_mi",
-           "ood_score", "in_distribution", "conformal_set", "decision", "variant", "setting",
-           "folds"]
+           "ood_score", "in_distribution", "conformal_set", "decision", "refer_reason", "variant",
+           "setting", "folds"]
 BATCH = 256  # images decoded and predicted at a time (bounds memory on large folders)
+BATCH_TEST_MIN = 20  # readable images from which a folder is also tested as a batch
+BATCH_ALPHA = 0.01
 
 
 # --------------------------------------------------------------------------- inputs
@@ -115,8 +142,11 @@ def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
                             for i in range(len(out))]
     agree = np.all([f["predicted_class"].to_numpy() == out["predicted_class"].to_numpy()
                     for f in frames], axis=0)
-    accept = np.all([f["decision"].to_numpy() == "accept" for f in frames], axis=0)
-    out["decision"] = np.where(accept & agree & out["in_distribution"], "accept", "refer")
+    confident = np.all([f["confident"].to_numpy(bool) for f in frames], axis=0)
+    in_dist = out["in_distribution"].to_numpy(bool)
+    out["decision"] = np.where(in_dist & confident & agree, "accept", "refer")
+    out["refer_reason"] = np.select([~in_dist, ~confident, ~agree],
+                                    ["ood", "low_confidence", "fold_disagreement"], "")
     return out
 
 
@@ -147,18 +177,34 @@ class Predictor:
 
     def predict_images(self, images: np.ndarray) -> pd.DataFrame:
         """Ensemble frame (see ``combine``) for uint8 images (N, size, size, 3)."""
-        frames, features = [], {}
+        frames, features, described = [], {}, {}
         for saved, engine in zip(self.models, self.engines, strict=True):
             if id(engine) not in features:
                 features[id(engine)] = engine.prefix_features(images, augment=False)[:, 0]
+                described[id(engine)] = describe(images, engine.model.prefix,
+                                                 engine.variant.channels)
             out = engine.predict(saved.suffix_state, features[id(engine)], mc_seed=saved.seed)
-            frames.append(saved.artifacts.apply(out))
+            frames.append(saved.artifacts.apply(out.with_descriptors(described[id(engine)])))
         return combine(frames)
 
+    def batch_test(self, stats: np.ndarray) -> dict | None:
+        """The folder as one batch (its images' ``image_statistics``) against each fold's
+        validation images (see the module docstring); None below ``BATCH_TEST_MIN`` images or
+        for runs without batch tests."""
+        tests = [m.artifacts.batch_test for m in self.models
+                 if getattr(m.artifacts, "batch_test", None) is not None]
+        if len(stats) < BATCH_TEST_MIN or not tests:
+            return None
+        results = [t.test(stats).as_dict() for t in tests]
+        p = float(np.median([r["p_value"] for r in results]))
+        return {"n_images": int(len(stats)), "p_value": p, "alpha": BATCH_ALPHA,
+                "shifted": bool(p < BATCH_ALPHA), "folds": self.folds, "per_fold": results}
+
     def predict_paths(self, paths: Iterable[str | Path], batch: int = BATCH) -> pd.DataFrame:
-        """One row per input (see ``COLUMNS``); bad files get a status, never an exception."""
+        """One row per input (see ``COLUMNS``); bad files get a status, never an exception.
+        The batch test of all readable images is left in ``self.batch_result``."""
         files = collect_inputs(paths)
-        parts = []
+        parts, stats_images = [], []
         for start in range(0, len(files), batch):
             chunk = files[start:start + batch]
             rows, good, images = read_batch(chunk, self.size)
@@ -167,7 +213,10 @@ class Predictor:
                 pred = self.predict_images(images)
                 pred.index = good
                 frame = frame.join(pred)
+                stats_images.append(image_statistics(images))
             parts.append(frame)
+        self.batch_result = (self.batch_test(np.concatenate(stats_images))
+                             if stats_images else None)
         frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
         frame = frame.reindex(columns=COLUMNS)
         frame["in_distribution"] = frame["in_distribution"].astype("boolean")

@@ -20,7 +20,7 @@ import seaborn as sns  # noqa: E402
 from .. import CLASSES  # noqa: E402
 from ..data.classes import SLUGS  # noqa: E402
 from ..evaluate.calibration import plot_reliability  # noqa: E402
-from ..evaluate.ood import DETECTORS  # noqa: E402
+from ..evaluate.ood import DETECTORS, FLAG  # noqa: E402
 from ..evaluate.selective import risk_coverage_curve  # noqa: E402
 from ..io import atomic_open  # noqa: E402
 from ..naming import RF_SUFFIX, arm_label, is_rf  # noqa: E402
@@ -233,27 +233,31 @@ def risk_coverage(preds: pd.DataFrame, arms: list[tuple[str, str]], path: Path,
 # --------------------------------------------------------------------------- robustness
 
 
-def ood_table(folds: pd.DataFrame) -> pd.DataFrame:
-    """Mean AUROC over folds: index = OOD set, columns = detector."""
-    detectors = sorted(DETECTORS, key=len, reverse=True)
+def ood_table(folds: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Mean of ``metric`` (auroc, fpr95, flagged) over folds: index = OOD set, columns =
+    detector (``in_distribution`` = the rule predict uses)."""
+    detectors = sorted([*DETECTORS, FLAG], key=len, reverse=True)
     cells = []
+    suffix = f"_{metric}"
     for col in folds.columns:
-        if not (col.startswith("ood_") and col.endswith("_auroc")):
+        if not (col.startswith("ood_") and col.endswith(suffix)):
             continue
-        body = col[4:-6]
+        body = col[4:-len(suffix)]
         det = next((d for d in detectors if body.endswith("_" + d)), None)
         if det is not None and folds[col].notna().any():
             cells.append({"set": body[: -len(det) - 1], "detector": det,
-                          "auroc": folds[col].mean()})
+                          metric: folds[col].mean()})
     if not cells:
         return pd.DataFrame()
-    return pd.DataFrame(cells).pivot(index="set", columns="detector", values="auroc")
+    return pd.DataFrame(cells).pivot(index="set", columns="detector", values=metric)
 
 
 def ood_heatmap(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """AUROC heat map on the full 0-1 scale with 0.5 (chance) as the neutral colour, so an
+    inverted detector (AUROC < 0.5) stands out instead of looking like chance."""
     fig, ax = _subplots(figsize=(1.1 * table.shape[1] + 2.5, 0.45 * table.shape[0] + 1.5))
-    sns.heatmap(table, vmin=0.5, vmax=1, annot=True, fmt=".2f", cmap="viridis", ax=ax,
-                cbar_kws={"label": "AUROC"})
+    sns.heatmap(table, vmin=0, vmax=1, center=0.5, annot=True, fmt=".2f", cmap="RdBu_r", ax=ax,
+                cbar_kws={"label": "AUROC (0.5 = chance, < 0.5 = inverted)"})
     ax.set(title=title, xlabel="detector", ylabel="OOD set")
     return save(fig, path)
 

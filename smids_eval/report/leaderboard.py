@@ -19,17 +19,23 @@ PROVENANCE = ["run", "run_commit", "run_profile", "run_device", "run_precision",
               "run_grouping", "run_split", "run_data_source", "run_data_fingerprint", "run_seed"]
 #: the headline metrics, the study's key figure (recall on abnormal cells) first
 HEADLINE = ["cls_recall_abnormal_sperm", "cls_macro_f1", "cls_accuracy", "cls_balanced_accuracy",
-            "cls_recall_normal_sperm", "cls_recall_non_sperm"]
+            "cls_recall_normal_sperm", "cls_recall_non_sperm",
+            # selective: coverage of the validation-fitted (risk-controlling) threshold and the
+            # risk it realises on the held-out fold; the test-chosen figure is sel_oracle_*
+            "sel_val_thr_coverage_msp", "sel_val_thr_risk_msp",
+            # false alarms of the in-distribution rule on new acquisition groups
+            "ood_heldout_in_distribution_flagged"]
 #: prefixes of evaluation-layer columns that get mean/std/CI too
-METRIC_PREFIXES = ("cls_", "cal_", "mc_", "sel_", "cp_", "ood_", "shift_")
+METRIC_PREFIXES = ("cls_", "cal_", "mc_", "sel_", "cp_", "ood_", "shift_", "batch_")
 
 
 def _on_leaderboard(col: str) -> bool:
-    """folds.csv keeps everything; the leaderboard keeps AUROC for OOD and accuracy for shifts."""
-    if col.startswith("cls_cm_") or col.startswith("sel_val_thr_"):
+    """folds.csv keeps everything; the leaderboard keeps AUROC (and the in-distribution rule's
+    flagged share) for OOD and accuracy for shifts."""
+    if col.startswith("cls_cm_") or col.startswith("sel_val_thr_accepted_"):
         return False
     if col.startswith("ood_"):
-        return col.endswith("_auroc")
+        return col.endswith(("_auroc", "_in_distribution_flagged"))
     if col.startswith("shift_"):
         return col.endswith("_accuracy")
     return True

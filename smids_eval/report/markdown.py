@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .. import CLASSES
+from ..data.classes import class_slug
+from ..evaluate.ood import FLAG
 from ..io import write_text
 from ..run_folder import RunFolder
 from ..toml import load_toml
@@ -319,7 +321,8 @@ def mc_dropout(r: Report) -> list[str]:
 
 
 def selective(r: Report) -> list[str]:
-    oracle = [c for c in r.folds.columns if re.fullmatch(r"sel_coverage_at_.+_risk_msp", c)]
+    oracle = [c for c in r.folds.columns
+              if re.fullmatch(r"sel_(oracle_)?coverage_at_.+_risk_msp", c)]
     if not oracle:
         return na("no selective-prediction columns")
     target = float(r.config.get("profile", {}).get("evaluate", {}).get("risk_target", 0.05))
@@ -328,15 +331,19 @@ def selective(r: Report) -> list[str]:
         row = {"variant": variant, "setting": setting,
                f"oracle coverage at {target:.0%} risk": part[oracle[0]].mean()}
         if {"sel_val_thr_coverage_msp", "n_test"} <= set(part):
-            decided = int(np.nansum(np.rint(part["sel_val_thr_coverage_msp"] * part["n_test"])))
+            decided = int(np.nansum(part["sel_val_thr_accepted_msp"]
+                                    if "sel_val_thr_accepted_msp" in part
+                                    else np.rint(part["sel_val_thr_coverage_msp"] * part["n_test"])))
             row.update({"coverage (val threshold)": part["sel_val_thr_coverage_msp"].mean(),
                         "risk (val threshold)": part["sel_val_thr_risk_msp"].mean(),
                         "decided alone": decided,
                         "referred": int(part["n_test"].sum()) - decided})
         rows.append(row)
-    out = [f"Accept a crop when its max probability reaches the threshold that kept the error "
-           f"among accepted crops ≤ {target:.0%} on the inner validation split; the rest are "
-           f"referred to the embryologist. Counts are summed over the held-out folds.", ""]
+    out = [f"Accept a crop when its max probability reaches the lowest threshold whose upper "
+           f"confidence bound on the error among accepted crops stays ≤ {target:.0%} on the inner "
+           f"validation split (Learn-then-Test); the rest are referred to the embryologist. The "
+           f"oracle coverage picks its threshold on the test labels themselves. Counts are summed "
+           f"over the held-out folds.", ""]
     out += md_table(pd.DataFrame(rows))
     arms = [a for a in r.arms(with_rf=True) if not r.arm_preds(*a).empty]
     if arms:
@@ -345,20 +352,46 @@ def selective(r: Report) -> list[str]:
     return out
 
 
+#: conformal coverage columns per method (marginal and class-conditional), not per class/group
+_CP_COVERAGE = r"cp_([a-z]+(?:_mondrian)?)_coverage_a([0-9.e-]+)"
+
+
 def conformal(r: Report) -> list[str]:
-    cols = [c for c in r.folds.columns if re.fullmatch(r"cp_[a-z]+_coverage_a.+", c)]
+    cols = [c for c in r.folds.columns if re.fullmatch(_CP_COVERAGE, c)]
     if not cols:
         return na("no conformal columns")
-    rows = []
+    rows, per_class = [], []
     for (variant, setting), part in r.folds.groupby(["variant", "setting"]):
         row = {"variant": variant, "setting": setting}
         for c in cols:
-            method, alpha = re.fullmatch(r"cp_([a-z]+)_coverage_a(.+)", c).groups()
+            method, alpha = re.fullmatch(_CP_COVERAGE, c).groups()
             size = part.get(c.replace("_coverage_", "_set_size_"), pd.Series(np.nan)).mean()
             row[f"{method.upper()} α={alpha}"] = f"{fmt(part[c].mean())} / {fmt(size, 2)}"
         rows.append(row)
-    return (["Empirical coverage / mean prediction-set size on the held-out folds (target "
-             "coverage 1 − α).", ""] + md_table(pd.DataFrame(rows)))
+        for method in ("lac", "lac_mondrian"):
+            cells = {f"{name} coverage": part.get(f"cp_{method}_coverage_{class_slug(name)}_a0.1",
+                                                  pd.Series(np.nan)).mean() for name in CLASSES}
+            worst = part.get(f"cp_{method}_min_group_coverage_a0.1", pd.Series(np.nan))
+            per_class.append({"variant": variant, "setting": setting, "method": method, **cells,
+                              "worst group": worst.mean()})
+    out = (["Empirical coverage / mean prediction-set size on the held-out folds (target "
+            "coverage 1 − α). Quantile rank ⌈(n+1)(1−α)⌉ on the inner validation split; "
+            "`_MONDRIAN` = class-conditional (one quantile per class).", ""]
+           + md_table(pd.DataFrame(rows)))
+    frame = pd.DataFrame(per_class)
+    if not frame.drop(columns=["variant", "setting", "method"]).isna().all().all():
+        out += ["", "Coverage per class and in the worst held-out acquisition group, α = 0.1 "
+                "(target 0.9): marginal LAC vs class-conditional LAC.", ""] + md_table(frame)
+    return out
+
+
+#: OOD evaluation tiers of the report, by set name (``fold.FoldRunner._evaluate``)
+def ood_tier(name: str) -> str:
+    if name.startswith("lab_") or name == "user":
+        return "foreign lab"
+    if name in ("textures", "natural"):
+        return "far OOD (sanity)"
+    return "synthetic acquisition shift"
 
 
 def ood(r: Report) -> list[str]:
@@ -367,12 +400,51 @@ def ood(r: Report) -> list[str]:
     table = fg.ood_table(part) if part is not None else pd.DataFrame()
     if table.empty:
         return na("no OOD detection columns")
+    out = [f"Every number is for the best arm by macro-F1, {fg.arm(*best)}, mean over its "
+           f"folds. `in_distribution` is the rule `predict` applies: an image is in-distribution "
+           f"only if both the acquisition-level and the semantic detector keep it (thresholds "
+           f"fitted on the inner validation split, new acquisition groups). *Flagged* = share "
+           f"called out of distribution.", ""]
+    flagged = fg.ood_table(part, "flagged")
+    if FLAG in flagged:
+        heldout = part.get(f"ood_heldout_{FLAG}_flagged")
+        if heldout is not None and heldout.notna().any():
+            per_fold = ", ".join(f"{fmt(v, 2)}" for v in heldout)
+            out += [f"**Tier 1, new acquisition groups of the same lab** (held-out outer folds): "
+                    f"false-alarm rate {fmt(heldout.mean())} (per fold: {per_fold}); "
+                    f"{fmt(1 - heldout.mean())} of held-out crops are called in-distribution.",
+                    ""]
+        rows = []
+        for name, share in flagged[FLAG].dropna().items():
+            if name == "heldout":
+                continue
+            m = re.fullmatch(r"(.+)_s(\d+)", name)
+            rows.append({"tier": ood_tier(name), "set": m[1] if m else name,
+                         "severity": int(m[2]) if m else "", "flagged": share,
+                         "AUROC": table.get(FLAG, pd.Series(dtype=float)).get(name, np.nan),
+                         "FPR95": fg.ood_table(part, "fpr95").get(
+                             FLAG, pd.Series(dtype=float)).get(name, np.nan)})
+        if rows:
+            tiers = pd.DataFrame(rows).sort_values(["tier", "set", "severity"], key=lambda c: c.astype(str))
+            out += ["**Tiers 2 and 3, synthetic acquisition shifts (graded) and foreign-lab sets** "
+                    "(AUROC / FPR95 where the set was scored at full detail):", ""]
+            out += md_table(tiers) + [""]
+    if "batch_heldout_false_alarm" in part:
+        labs = {c[6:-2]: part[c] for c in part.columns
+                if c.startswith("batch_") and c.endswith("_p") and part[c].notna().any()}
+        out += [f"**A folder judged as a batch** (MMD two-sample test on image statistics, "
+                f"batches of 50, p < 0.01 = \"not like this lab\"): false alarms on batches from "
+                f"one held-out acquisition group {fmt(part['batch_heldout_false_alarm'].mean())} "
+                f"({int(part['batch_heldout_batches'].sum())} batches); share of folds flagging "
+                + ", ".join(f"{name} {fmt(float((p < 0.01).mean()), 2)}" for name, p in labs.items())
+                + ".", ""]
     fig = fg.ood_heatmap(table, f"OOD AUROC, {fg.arm(*best)}", r.figure("ood_auroc"))
-    means = table.mean(axis=0).sort_values(ascending=False)
-    return ([f"Detection AUROC (held-out fold = in-distribution) of the best arm by macro-F1, "
-             f"{fg.arm(*best)}, mean over folds. Best detector overall: **{means.index[0]}** "
-             f"(mean AUROC {fmt(means.iloc[0])}).", "", _markdown_figure(r, fig, "OOD AUROC"), ""]
-            + md_table(table.reset_index()))
+    worst = table.min(axis=0).sort_values(ascending=False)
+    out += ["Detection AUROC per detector and set (held-out fold = in-distribution). A mean "
+            "hides the sets a detector misses: worst-set AUROC per detector "
+            + ", ".join(f"{d} {fmt(v, 2)}" for d, v in worst.items()) + ".", "",
+            _markdown_figure(r, fig, "OOD AUROC"), ""]
+    return out + md_table(table.reset_index())
 
 
 def shifts(r: Report) -> list[str]:

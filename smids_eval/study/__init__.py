@@ -147,6 +147,7 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
     starts. ``write=False`` (``--plan``) reads the data and an existing run folder only."""
     variants = select_variants(list(config.variants))  # unknown names fail here
     profile = config.resolve_profile(torch.cuda.is_available())
+    check_rule(profile.evaluate)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     dataset = load_dataset(config.data_dir, size=profile.data.image_size, cache_dir=cache_dir,
                            synthetic_images=profile.data.synthetic_images,
@@ -211,11 +212,34 @@ def _check_config(run: RunFolder, config: dict) -> None:
                           f"{', '.join(diff)}); pass another --run-name or --out, or delete it")
 
 
+def check_rule(cfg) -> None:
+    """The profile's in-distribution rule names detectors of the right level (before any
+    training, so a typo costs nothing)."""
+    from ..evaluate.ood import DETECTORS
+
+    for key, level in (("acquisition_detector", "acquisition"), ("semantic_detector", "semantic")):
+        name = getattr(cfg, key)
+        allowed = sorted(n for n, d in DETECTORS.items() if d.level == level)
+        if name not in allowed:
+            raise ConfigError(f"profile [evaluate] {key} = {name!r}: use one of "
+                              f"{', '.join(allowed)}")
+    for key in ("acquisition_keep", "semantic_keep", "risk_target", "risk_delta"):
+        if not 0 < getattr(cfg, key) < 1:
+            raise ConfigError(f"profile [evaluate] {key} = {getattr(cfg, key)!r}: must lie "
+                              f"strictly between 0 and 1")
+
+
 def far_ood_images(profile: Profile, config: StudyConfig) -> dict[str, np.ndarray]:
     from ..evaluate.far_ood import far_ood_sets, load_folder
 
     n, size = profile.evaluate.far_ood_images, profile.data.image_size
     sets = far_ood_sets(n, size, seed=config.seed) if n > 0 else {}
+    n_lab = profile.evaluate.foreign_lab_images
+    if n_lab > 0:
+        from ..data.foreign_lab import FOREIGN_LABS, foreign_lab_images
+
+        for lab in FOREIGN_LABS:
+            sets[f"lab_{lab}"] = foreign_lab_images(n_lab, size, seed=config.seed, lab=lab)
     if config.ood_dir:
         sets["user"] = load_folder(config.ood_dir, size).images
     return sets
@@ -255,7 +279,7 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     units = ctx.units()
     bar = tqdm(total=sum(len(ctx.arms(v)) for v in ctx.variants) * len(units), desc="study",
                unit="fit", disable=not config.progress, dynamic_ncols=True)
-    rf_memo: dict = {}
+    shared: dict = {}  # what variants of this run compute identically (RF heads, descriptors)
     for variant in ctx.variants:
         arms = ctx.arms(variant)
         pending = [u for u in units if config.force
@@ -264,7 +288,7 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
         if not pending:
             log.info("%s: every fold already done (use --force to redo)", variant.name)
             continue
-        runner = FoldRunner(ctx, variant, rf_memo, timer)
+        runner = FoldRunner(ctx, variant, shared, timer)
         for repeat, fold in pending:
             bar.set_description(f"study {variant.name} repeat {repeat} fold {fold} "
                                 f"[0-{ctx.plan.n_outer - 1}]")

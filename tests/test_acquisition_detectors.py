@@ -1,0 +1,85 @@
+"""Acquisition-level OOD detectors on real computations: image statistics and early-block
+moments of a tiny random VGG19, each fitted on one smear distribution, keeping a held-out sample
+of it and flagging a shifted one; the in-distribution rule on noise, blank and 1x1 images."""
+
+import numpy as np
+import pytest
+from test_evaluate_ood import SIZE, smear_images
+from tiny_vgg import WIDTH
+
+from smids_eval.evaluate.descriptors import IMAGE_STAT_NAMES, block_moments, describe
+from smids_eval.evaluate.ood import DETECTORS, InDistribution
+from smids_eval.evaluate.shifts import apply_shift
+from smids_eval.models import build_vgg19
+from smids_eval.outputs import ModelOutputs
+
+
+@pytest.fixture(scope="module")
+def prefix():
+    return build_vgg19(width=WIDTH, size=SIZE, init_seed=0).prefix.eval()
+
+
+def outputs(images, prefix, labels=None):
+    """Outputs of a stand-in classifier (logits from colour means) with real descriptors."""
+    x = images.astype(float).mean(axis=(1, 2)) / 255
+    return ModelOutputs(logits=x @ np.eye(3) * 5, features=x, labels=labels,
+                        descriptors=describe(images, prefix, "rgb"))
+
+
+@pytest.fixture(scope="module")
+def sets(prefix):
+    rng = np.random.default_rng(1)
+    images, labels = smear_images(700, rng)
+    split = {"train": slice(0, 400), "val": slice(400, 550), "test": slice(550, 700)}
+    out = {k: outputs(images[s], prefix, labels[s]) for k, s in split.items()}
+    test_images = images[550:]
+    for shift in ("hed_stain", "grey", "gaussian_noise", "zoom_out", "pseudo_colour"):
+        out[shift] = outputs(apply_shift(test_images, shift, 3, seed=0), prefix)
+    return out
+
+
+def test_descriptors_are_finite_for_flat_and_tiny_images(prefix):
+    flat = np.full((3, SIZE, SIZE, 3), 200, np.uint8)
+    flat[1] = 0
+    d = describe(flat, prefix, "rgb")
+    assert d["image_stats"].shape == (3, len(IMAGE_STAT_NAMES))
+    assert d["block_moments"].shape[0] == 3
+    assert all(np.isfinite(v).all() for v in d.values())
+    # a prefix with fewer than two blocks has no block moments
+    shallow = build_vgg19(width=WIDTH, size=SIZE, unfreeze_blocks=4).prefix
+    assert block_moments(shallow, flat, "rgb") is None
+
+
+@pytest.mark.parametrize("name", ["image_stats", "block_moments"])
+def test_detector_keeps_its_distribution_and_flags_shifts(sets, name):
+    det = DETECTORS[name]().fit(sets["train"], sets["val"])
+    assert det.level == "acquisition"
+    assert det.is_in_distribution(sets["val"]).mean() >= 0.95
+    assert det.is_in_distribution(sets["test"]).mean() >= 0.85  # held out, same source
+    flagged = {s: 1 - det.is_in_distribution(sets[s]).mean()
+               for s in ("hed_stain", "grey", "gaussian_noise", "zoom_out", "pseudo_colour")}
+    assert min(flagged.values()) >= 0.9, flagged
+
+
+def test_detector_needs_its_descriptor(sets):
+    bare = ModelOutputs(sets["val"].logits, sets["val"].features, sets["val"].labels)
+    with pytest.raises(ValueError, match="image_stats"):
+        DETECTORS["image_stats"]().fit(bare, bare)
+
+
+def test_rule_refers_noise_blank_and_one_pixel_images(sets, prefix):
+    rule = InDistribution(0.95, 0.975, acquisition="image_stats", semantic="msp")
+    rule.fit(sets["train"], sets["val"])
+    assert rule.names == ("image_stats", "msp") and rule.threshold_ == 0.0
+    rng = np.random.default_rng(3)
+    odd = np.stack([rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8),      # noise
+                    np.full((SIZE, SIZE, 3), 255, np.uint8),                      # blank
+                    np.broadcast_to(np.array([120, 80, 140], np.uint8),           # 1x1 upscaled
+                                    (SIZE, SIZE, 3)).copy()])
+    assert not rule.is_in_distribution(outputs(odd, prefix)).any()
+    # both parts must keep an image: in-distribution overall <= each part's share
+    test = sets["test"]
+    both = rule.is_in_distribution(test)
+    for share in (m >= 0 for m in rule.margins(test).values()):
+        assert both.mean() <= share.mean()
+    assert both.mean() >= 0.85
