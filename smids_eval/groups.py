@@ -264,7 +264,10 @@ class AcquisitionGrouper(ClusterMixin, BaseEstimator):
         self.max_lowpass_rms = max_lowpass_rms
         self.secondary_weight = secondary_weight
 
-    def fit(self, images: np.ndarray, y=None) -> AcquisitionGrouper:
+    def fit(self, images: np.ndarray, y=None, units: np.ndarray | None = None
+            ) -> AcquisitionGrouper:
+        """``units``: images already known to belong together (``cells.linked_units``: same
+        cell or field); they are collapsed with the near duplicates before clustering."""
         images = _check_images(images)
         if self.n_groups < 1:
             raise ValueError(f"n_groups must be >= 1, got {self.n_groups}")
@@ -273,7 +276,8 @@ class AcquisitionGrouper(ClusterMixin, BaseEstimator):
         self.features_ = acquisition_features(images)
         self.duplicate_pairs_ = near_duplicate_pairs(images, self.phash_threshold,
                                                      self.max_lowpass_rms)
-        units = merge_groups(np.arange(len(images)), self.duplicate_pairs_)
+        units = merge_groups(np.arange(len(images)) if units is None else np.asarray(units),
+                             self.duplicate_pairs_)
         sums = np.zeros((units.max() + 1, self.features_.shape[1]))
         np.add.at(sums, units, self.features_)
         unit_features = sums / np.bincount(units)[:, None]
@@ -292,6 +296,16 @@ class AcquisitionGrouper(ClusterMixin, BaseEstimator):
         return AgglomerativeClustering(n_clusters=n_clusters).fit_predict(scaled)
 
 
+def _unit_pairs(units: np.ndarray) -> np.ndarray:
+    """(P, 2) pairs chaining the members of every unit (first member with each other one)."""
+    order = np.argsort(units, kind="stable")
+    same = units[order][1:] == units[order][:-1]
+    starts = np.r_[0, np.flatnonzero(~same) + 1]
+    first = order[np.repeat(starts, np.diff(np.r_[starts, len(order)]))]
+    keep = first != order
+    return np.column_stack([first[keep], order[keep]]).astype(np.intp)
+
+
 def infer_groups(images: np.ndarray, n_groups: int = 17, seed: int = 0,
                  phash_threshold: int = 10) -> np.ndarray:
     """Inferred acquisition group (0..G-1) of every image; see :class:`AcquisitionGrouper`."""
@@ -300,12 +314,21 @@ def infer_groups(images: np.ndarray, n_groups: int = 17, seed: int = 0,
 
 
 def resolve_groups(dataset, groups_file: str | os.PathLike | None = None, *, n_groups: int = 17,
-                   seed: int = 0) -> tuple[np.ndarray, str]:
+                   seed: int = 0, units: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Donor group of every image of ``dataset`` and the grouping source recorded in results:
-    ``--groups-file`` > the data set's own manifest (the synthetic set ships one) > inferred."""
+    ``--groups-file`` > the data set's own manifest (the synthetic set ships one) > inferred.
+    ``units`` (``cells.linked_units``) are never split: manifest groups joined by a unit are
+    merged, inferred groups are formed from whole units."""
     manifest = Path(groups_file) if groups_file else dataset.source.manifest
     if manifest is not None:
-        donors = read_manifest(manifest, dataset.paths, root=dataset.root)
-        return np.asarray(donors, dtype=str), "manifest"
-    labels = infer_groups(dataset.images, n_groups=n_groups, seed=seed)
+        donors = np.asarray(read_manifest(manifest, dataset.paths, root=dataset.root), dtype=str)
+        if units is None:
+            return donors, "manifest"
+        names, codes = np.unique(donors, return_inverse=True)
+        pairs = _unit_pairs(np.asarray(units))
+        merged = merge_groups(codes, pairs)
+        first = {m: names[codes[np.flatnonzero(merged == m)[0]]] for m in np.unique(merged)}
+        return np.array([first[m] for m in merged], dtype=str), "manifest"
+    labels = AcquisitionGrouper(n_groups=n_groups, seed=seed).fit(dataset.images,
+                                                                   units=units).labels_
     return np.array([f"inferred_{g:02d}" for g in labels]), "inferred"

@@ -31,18 +31,21 @@ def check_no_leakage(groups: np.ndarray, train_idx: np.ndarray, test_idx: np.nda
                            "a donor must never be in training and test data of one split")
 
 
-def _folds(labels, groups, k: int, seed: int, grouped: bool) -> np.ndarray:
-    """Fold index (0..k-1) of every sample."""
+def _folds(labels, groups, k: int, seed: int, grouped: bool, units=None) -> np.ndarray:
+    """Fold index (0..k-1) of every sample; ungrouped splits still keep ``units`` (same cell)
+    together."""
     n_groups = len(np.unique(groups))
     if grouped and k > n_groups:
         raise ConfigError(f"{k} folds need at least {k} donor groups, but there are {n_groups}; "
                           f"use --folds {n_groups} or fewer")
     if k < 2:
         raise ConfigError(f"folds must be ≥ 2 (got {k})")
-    splitter = (StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed) if grouped
+    by_unit = not grouped and units is not None
+    splitter = (StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+                if grouped or by_unit
                 else StratifiedKFold(n_splits=k, shuffle=True, random_state=seed))
     fold = np.full(len(labels), -1, dtype=np.int64)
-    split_groups = groups if grouped else None
+    split_groups = groups if grouped else units
     for f, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, split_groups)):
         fold[test] = f
     return fold
@@ -59,6 +62,13 @@ class SplitPlan:
     inner_fold: np.ndarray
     seed: int
     grouped: bool = True
+    units: np.ndarray | None = None  # same-cell units (cells.linked_units); never split
+
+    def _check(self, train, test, where: str) -> None:
+        if self.grouped:
+            check_no_leakage(self.groups, train, test, where)
+        if self.units is not None:
+            check_no_leakage(self.units, train, test, f"{where} (same-cell units)")
 
     @property
     def n_outer(self) -> int:
@@ -71,8 +81,7 @@ class SplitPlan:
     def outer(self, f: int) -> tuple[np.ndarray, np.ndarray]:
         train = np.flatnonzero(self.outer_fold != f)
         test = np.flatnonzero(self.outer_fold == f)
-        if self.grouped:
-            check_no_leakage(self.groups, train, test, f"outer fold {f}")
+        self._check(train, test, f"outer fold {f}")
         return train, test
 
     def inner(self, f: int, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,13 +89,14 @@ class SplitPlan:
         col = self.inner_fold[:, f]
         train = np.flatnonzero((col >= 0) & (col != j))
         val = np.flatnonzero(col == j)
-        if self.grouped:
-            check_no_leakage(self.groups, train, val, f"outer fold {f}, inner fold {j}")
+        self._check(train, val, f"outer fold {f}, inner fold {j}")
         return train, val
 
     def to_frame(self, paths: list[str], repeat: int = 0) -> pd.DataFrame:
         frame = pd.DataFrame({"path": paths, "group": self.groups, "label": self.labels,
                               "repeat": repeat, "outer_fold": self.outer_fold})
+        if self.units is not None:
+            frame.insert(2, "unit", self.units)
         for f in range(self.inner_fold.shape[1]):
             frame[f"inner_fold_o{f}"] = self.inner_fold[:, f]
         return frame
@@ -97,7 +107,8 @@ class SplitPlan:
                             key=lambda c: int(c.removeprefix("inner_fold_o")))
         return cls(groups=frame["group"].to_numpy(), labels=frame["label"].to_numpy(),
                    outer_fold=frame["outer_fold"].to_numpy(),
-                   inner_fold=frame[inner_cols].to_numpy(), seed=seed, grouped=grouped)
+                   inner_fold=frame[inner_cols].to_numpy(), seed=seed, grouped=grouped,
+                   units=frame["unit"].to_numpy() if "unit" in frame else None)
 
     def check(self) -> SplitPlan:
         """Run the leakage check on every outer and inner split."""
@@ -109,19 +120,22 @@ class SplitPlan:
 
 
 def make_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 5, inner_k: int = 3,
-                seed: int = 0, grouped: bool = True) -> SplitPlan:
-    """Deterministic grouped (or, for the optimism comparison, plain stratified) nested folds."""
+                seed: int = 0, grouped: bool = True, units: np.ndarray | None = None) -> SplitPlan:
+    """Deterministic grouped (or, for the optimism comparison, stratified random) nested folds;
+    ``units`` (same cell or field) are kept together in every mode and checked."""
     labels, groups = np.asarray(labels), np.asarray(groups)
-    outer = _folds(labels, groups, outer_k, seed, grouped)
+    units = None if units is None else np.asarray(units)
+    outer = _folds(labels, groups, outer_k, seed, grouped, units)
     inner = np.full((len(labels), outer_k), -1, dtype=np.int64)
     for f in range(outer_k):
         train = np.flatnonzero(outer != f)
         try:
-            inner[train, f] = _folds(labels[train], groups[train], inner_k, seed + 1 + f, grouped)
+            inner[train, f] = _folds(labels[train], groups[train], inner_k, seed + 1 + f, grouped,
+                                     None if units is None else units[train])
         except ConfigError as exc:
             raise ConfigError(f"inner split of outer fold {f}: {exc}") from exc
     return SplitPlan(groups=groups, labels=labels, outer_fold=outer, inner_fold=inner,
-                     seed=seed, grouped=grouped).check()
+                     seed=seed, grouped=grouped, units=units).check()
 
 
 def repeat_seed(seed: int, repeat: int) -> int:
@@ -131,11 +145,12 @@ def repeat_seed(seed: int, repeat: int) -> int:
 
 def make_repeated_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 5,
                          inner_k: int = 3, seed: int = 0, repeats: int = 1,
-                         grouped: bool = True) -> list[SplitPlan]:
+                         grouped: bool = True, units: np.ndarray | None = None
+                         ) -> list[SplitPlan]:
     """``repeats`` independent nested fold assignments (repeated grouped k-fold CV)."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be ≥ 1 (got {repeats})")
-    return [make_splits(labels, groups, outer_k, inner_k, repeat_seed(seed, r), grouped)
+    return [make_splits(labels, groups, outer_k, inner_k, repeat_seed(seed, r), grouped, units)
             for r in range(repeats)]
 
 

@@ -154,12 +154,13 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
                            synthetic_seed=config.seed)
     log.info("data: %s — %d images, fingerprint %s", dataset.source.describe(), len(dataset),
              dataset.fingerprint)
+    units = same_cell_units(dataset)
     groups, grouping = resolve_groups(dataset, config.groups_file, n_groups=config.n_groups,
-                                      seed=config.seed)
+                                      seed=config.seed, units=units)
     log.info("groups: %s (%d groups)", grouping, len(np.unique(groups)))
     plans = make_repeated_splits(dataset.labels, groups, profile.cv.outer_folds,
                                  profile.cv.inner_folds, config.seed, profile.cv.repeats,
-                                 grouped=config.grouped)
+                                 grouped=config.grouped, units=units)
     run = RunFolder(Path(config.out) / run_name(config, profile, dataset))
     _check_config(run, run_config(config, profile, dataset, grouping, run))
     provenance = {
@@ -210,6 +211,22 @@ def _check_config(run: RunFolder, config: dict) -> None:
         diff = sorted(k for k in set(old) | set(fresh) if old.get(k) != fresh.get(k))
         raise ConfigError(f"run folder {run.root} was made with other settings (differs in: "
                           f"{', '.join(diff)}); pass another --run-name or --out, or delete it")
+
+
+def same_cell_units(dataset) -> np.ndarray:
+    """Unit of every image (``cells.linked_units``: copies and re-crops of one cell), logged
+    with the units whose images carry conflicting labels."""
+    from ..cells import conflicting_units, linked_units
+
+    units, links = linked_units(dataset.images, [dataset.root / p for p in dataset.paths])
+    conflicts = conflicting_units(units, dataset.labels)
+    multi = int((np.bincount(units) > 1).sum())
+    paths = np.asarray(dataset.paths)
+    log.info("same-cell units: %d links join %d images into %d units of 2+ (kept together in "
+             "every split); %d units mix classes (conflicting labels, kept and reported)%s",
+             len(links), int(np.isin(units, np.flatnonzero(np.bincount(units) > 1)).sum()), multi,
+             len(conflicts), "".join(f"\n  {' = '.join(paths[m])}" for m in conflicts[:10]))
+    return units
 
 
 def check_rule(cfg) -> None:

@@ -1,0 +1,76 @@
+"""Same-cell links: shifted and re-sized re-crops of one synthetic field are one unit, other
+fields are not, conflicting labels are reported, and no unit is split in any split mode."""
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from smids_eval.cells import conflicting_units, linked_units, same_cell_pairs
+from smids_eval.splits import make_splits
+
+
+def field(seed: int, side: int = 320) -> Image.Image:
+    """A stained-smear-like field: pale background, a few cells with tails and debris."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (side, side), tuple(int(v) for v in rng.integers(200, 235, 3)))
+    draw = ImageDraw.Draw(im)
+    for _ in range(14):
+        x, y = rng.uniform(20, side - 20, 2)
+        a, b = rng.uniform(6, 16, 2)
+        colour = tuple(int(v) for v in rng.integers(60, 160, 3))
+        draw.ellipse([x - a, y - b, x + a, y + b], fill=colour)
+        t = rng.uniform(0, 2 * np.pi)
+        draw.line([x, y, x + 40 * np.cos(t), y + 40 * np.sin(t)], fill=colour, width=2)
+    for _ in range(40):
+        x, y = rng.uniform(0, side, 2)
+        draw.point((x, y), fill=tuple(int(v) for v in rng.integers(80, 200, 3)))
+    return im.filter(ImageFilter.GaussianBlur(1.0))
+
+
+def crops(tmp_path):
+    """Field 0 cropped four times (shifted 3-9 px, sizes 150-180 px), fields 1-5 once each."""
+    paths = []
+    windows = [(80, 80, 240, 240), (86, 83, 246, 243), (77, 89, 257, 249), (89, 80, 239, 230)]
+    for k, box in enumerate(windows):
+        paths.append(tmp_path / f"same_{k}.png")
+        field(0).crop(box).save(paths[-1])
+    for seed in range(1, 6):
+        paths.append(tmp_path / f"other_{seed}.png")
+        field(seed).crop((80, 80, 240, 240)).save(paths[-1])
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in paths])
+    return paths, images
+
+
+def test_shifted_and_resized_recrops_are_linked_others_not(tmp_path):
+    paths, images = crops(tmp_path)
+    pairs, scores = same_cell_pairs(paths)
+    linked = {tuple(p) for p in pairs.tolist()}
+    assert linked == {(i, j) for i in range(4) for j in range(i + 1, 4)}, (linked, scores)
+    units, _ = linked_units(images, paths)
+    assert len(set(units[:4])) == 1 and len(set(units)) == 1 + 5
+
+
+def test_cross_class_unit_is_reported(tmp_path):
+    paths, images = crops(tmp_path)
+    units, _ = linked_units(images, paths)
+    labels = np.array([0, 0, 1, 0, 0, 1, 2, 2, 1])  # one re-crop of field 0 labelled otherwise
+    (conflict,) = conflicting_units(units, labels)
+    assert sorted(conflict.tolist()) == [0, 1, 2, 3]
+    assert conflicting_units(units, np.array([0, 0, 0, 0, 0, 1, 2, 2, 1])) == []
+
+
+def test_no_unit_spans_two_folds_in_any_split_mode():
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = rng.integers(0, 3, n)
+    units = rng.integers(0, 120, n)  # many multi-image units
+    groups = units % 12              # units nested in groups, as resolve_groups makes them
+    for grouped in (True, False):
+        plan = make_splits(labels, groups, 5, 3, seed=1, grouped=grouped, units=units)
+        for u in np.unique(units):
+            assert len(set(plan.outer_fold[units == u])) == 1, (grouped, u)
+            for f in range(5):
+                inner = plan.inner_fold[units == u, f]
+                assert len(set(inner)) == 1, (grouped, u, f)
+    # the random split without units would split them: the check is not vacuous
+    plain = make_splits(labels, groups, 5, 3, seed=1, grouped=False)
+    assert any(len(set(plain.outer_fold[units == u])) > 1 for u in np.unique(units))
