@@ -76,8 +76,11 @@ def test_writes_every_file_with_documented_columns(finished_run):
         assert f"cls_macro_f1_{stat}" in board
     assert board["cls_macro_f1_mean"].is_monotonic_decreasing
     comps = pd.read_csv(run / "comparisons.csv")
-    assert {"metric", "a", "b", "mean_diff", "p_corrected_t", "p_wilcoxon", "p_holm",
-            "cohens_dz"} <= set(comps.columns)
+    assert {"family", "question", "metric", "a", "b", "mean_diff", "p_corrected_t", "p_holm",
+            "p_better", "p_equivalent", "p_worse", "cohens_dz"} <= set(comps.columns)
+    assert "p_wilcoxon" not in comps  # 2 folds: an exact Wilcoxon test cannot reach 0.05
+    assert set(comps["family"]) <= {"prespecified", "exploratory"}
+    assert "tied_with_best" in board and bool(board["tied_with_best"].iloc[0])
 
 
 STAGES = {"prepare", "probes", "features", "tuning", "final_fits", "evaluation", "saving",

@@ -4,13 +4,20 @@ repeats × folds, and the spread between repeats.
 The folds of repeated CV share training data, so a plain t-interval over R×K fold scores is far
 too narrow; the interval uses Nadeau & Bengio's corrected variance, (1/n + n_test/n_fit)·s²,
 with the true ratio of held-out to fitted images (the models are fitted on the inner-training
-part of each outer training set)."""
+part of each outer training set).
+
+``tied_with_best`` (True/False, empty when unknown): the arm with the best mean macro-F1 and every
+arm that the Bayesian correlated t-test does not show to be worse than it by more than the ROPE
+(0.01) with probability ≥ 0.95, paired on (repeat, fold); ``p_worse_than_best`` is that
+probability (``smids_eval.report.comparisons.tied_with_best``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from .comparisons import held_out_ratio, tied_with_best
 
 #: identifies one leaderboard row
 KEYS = ["variant", "setting"]
@@ -60,15 +67,6 @@ def t_interval(values: np.ndarray, level: float = 0.95, ratio: float = 0.0
     return float(values.mean() - half), float(values.mean() + half)
 
 
-def held_out_ratio(folds: pd.DataFrame) -> float:
-    """Mean held-out / fitted size of the rows (``n_fit``: inner-training part; older runs
-    without it fall back to the outer training part)."""
-    fitted = "n_fit" if "n_fit" in folds else "n_train"
-    if not {"n_test", fitted} <= set(folds):
-        return 0.0
-    return float((folds["n_test"] / folds[fitted]).mean())
-
-
 def summarise(folds: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, setting): ``<metric>_mean``, ``_std``, ``_ci95_low``, ``_ci95_high``."""
     metrics = metric_columns(folds)
@@ -96,13 +94,25 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
             if col in part:
                 row[col] = "|".join(sorted(map(str, part[col].dropna().unique())))
         rows.append(row)
-    board = pd.DataFrame(rows)
+    board = add_tied_with_best(pd.DataFrame(rows), folds)
     if "cls_macro_f1_mean" in board:
         board = board.sort_values("cls_macro_f1_mean", ascending=False, kind="stable")
     first = KEYS + [c for c in ("n_folds", "n_repeats", "aliases") if c in board]
     prov = [c for c in PROVENANCE if c in board]
     rest = [c for c in board.columns if c not in first and c not in prov]
     return board[first + rest + prov].reset_index(drop=True)
+
+
+def add_tied_with_best(board: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """``board`` with ``p_worse_than_best`` and ``tied_with_best`` merged on (variant, setting)
+    (unchanged when the folds have no macro-F1)."""
+
+    if board.empty or "cls_macro_f1" not in folds:
+        return board
+    ties = tied_with_best(folds)
+    if ties.empty:
+        return board
+    return board.merge(ties, on=KEYS, how="left")
 
 
 def merge_runs(boards: list[pd.DataFrame]) -> pd.DataFrame:

@@ -251,14 +251,18 @@ def leaderboard(r: Report) -> list[str]:
         cells.update({nice(m): mean_std_ci(row, m) for m in LEADERBOARD_METRICS})
         aliases = row.get("aliases")
         cells["same computation as"] = aliases if isinstance(aliases, str) and aliases else ""
+        if "tied_with_best" in r.board:
+            cells["tied with best"] = ("yes" if str(row["tied_with_best"]).lower() in
+                                       ("true", "1", "1.0") else "")
         rows.append(cells)
     fig = fg.leaderboard_bars(r.board, r.figure("leaderboard"))
     return (["Mean ± std over outer folds (of every repeat) [95% interval with the "
              "Nadeau–Bengio correction for overlapping training sets]; recall on Abnormal_Sperm "
              "is the key figure. `+RF` rows are a random-forest head on the same frozen "
              "features. Arms that are the same computation (same architecture, search space and "
-             "frozen features) are run once and listed once, with the others named in the last "
-             "column.", ""]
+             "frozen features) are run once and listed once, with the others named in a column. "
+             "*Tied with best*: the top macro-F1 arm and those not worse than it by more than "
+             "0.01 with Bayesian probability ≥ 0.95 (see Significant comparisons).", ""]
             + md_table(pd.DataFrame(rows)) + [_markdown_figure(r, fig, "leaderboard"), ""])
 
 
@@ -479,12 +483,41 @@ def rf_head(r: Report) -> list[str]:
 def comparisons(r: Report, top: int = 10) -> list[str]:
     if r.comps.empty or "p_corrected_t" not in r.comps:
         return na("comparisons.csv is empty (fewer than two arms sharing folds)")
-    comps = r.comps.sort_values("p_corrected_t", na_position="last").head(top)
-    n_sig = int((r.comps["p_holm"] < 0.05).sum())
-    cols = ["metric", "a", "b", "mean_diff", "cohens_dz", "p_corrected_t", "p_wilcoxon", "p_holm"]
-    return ([f"{n_sig} of {len(r.comps)} paired comparisons are significant at Holm-adjusted "
-             f"p < 0.05 (Nadeau–Bengio corrected t-test). The {len(comps)} smallest p-values:", ""]
-            + md_table(comps[[c for c in cols if c in comps]]))
+    if "family" not in r.comps:  # a run written before the pre-specified family
+        comps = r.comps.sort_values("p_corrected_t", na_position="last").head(top)
+        n_sig = int((r.comps["p_holm"] < 0.05).sum())
+        cols = ["metric", "a", "b", "mean_diff", "cohens_dz", "p_corrected_t", "p_wilcoxon",
+                "p_holm"]
+        return ([f"{n_sig} of {len(r.comps)} paired comparisons are significant at "
+                 f"Holm-adjusted p < 0.05 (Nadeau–Bengio corrected t-test; Holm over all pairs). "
+                 f"The {len(comps)} smallest p-values:", ""]
+                + md_table(comps[[c for c in cols if c in comps]]))
+    out = []
+    if "tied_with_best" in r.board and "cls_macro_f1_mean" in r.board:
+        board = r.board.sort_values("cls_macro_f1_mean", ascending=False, kind="stable")
+        tied = board[board["tied_with_best"].astype(str).str.lower().isin(["true", "1", "1.0"])]
+        names = [f"{v} [{s}]" for v, s in zip(tied["variant"], tied["setting"], strict=True)]
+        out += [f"**Tied with the best arm** on macro-F1 (not worse than the top arm by more than "
+                f"the ROPE of 0.01 with Bayesian probability ≥ 0.95; the top arm first): "
+                f"{', '.join(names) if names else '–'}.", ""]
+    pre = r.comps[r.comps["family"] == "prespecified"]
+    n_explore = int((r.comps["family"] == "exploratory").sum())
+    rope = fmt(pre["rope"].iloc[0], 2) if "rope" in pre and len(pre) else "0.01"
+    n_sig = int((pre["p_holm"] < 0.05).sum())
+    out += [f"Pre-specified family (per metric: each variant vs F.0 in the same setting, tuned vs "
+            f"specified, neural vs random-forest head). `a` − `b` paired on (repeat, fold); "
+            f"P(better / equivalent / worse) is the Bayesian correlated t-test (Benavoli et al. "
+            f"2017) with a ROPE of ±{rope}; p is the Nadeau–Bengio corrected t-test, Holm-adjusted "
+            f"within the family. {n_sig} of {len(pre)} comparisons are significant at Holm "
+            f"p < 0.05. A further {n_explore} exploratory pairs (unadjusted) are in "
+            f"comparisons.csv.", ""]
+    if pre.empty:
+        return out + na("no pre-specified comparison shares two or more folds")
+    cols = ["metric", "question", "a", "b", "n_folds", "mean_diff", "p_better", "p_equivalent",
+            "p_worse", "p_corrected_t", "p_wilcoxon", "p_holm"]
+    table = pre[[c for c in cols if c in pre]].copy()
+    table["metric"] = table["metric"].map(nice)
+    return out + md_table(table)
 
 
 def gallery(r: Report) -> list[str]:
