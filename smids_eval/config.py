@@ -124,6 +124,58 @@ _SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig
                   "tune": TuneConfig, "evaluate": EvalConfig, "benchmark": BenchmarkConfig}
 
 
+#: allowed range of every number of a profile: (low, high, low inclusive, high inclusive);
+#: None = unbounded. Tuples are checked element by element. Checked when a profile is loaded
+#: and again after overrides, so a bad value never reaches training as a deep TypeError.
+_AT_LEAST_0, _AT_LEAST_1 = (0, None, True, True), (1, None, True, True)
+_OPEN_UNIT = (0, 1, False, False)
+_RANGES: dict[str, dict[str, tuple]] = {
+    "data": {"image_size": (32, None, True, True), "synthetic_images": _AT_LEAST_1},
+    "model": {"width": (0, None, False, True), "head_hidden": _AT_LEAST_1,
+              "dropout_p": (0, 1, True, False)},
+    "train": {"epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "patience": _AT_LEAST_1,
+              "weight_decay": _AT_LEAST_0, "momentum": (0, 1, True, False),
+              "views": _AT_LEAST_0, "num_workers": _AT_LEAST_0},
+    "cv": {"outer_folds": (2, None, True, True), "inner_folds": (2, None, True, True),
+           "repeats": _AT_LEAST_1},
+    "tune": {"trials": _AT_LEAST_1, "trials_unfrozen": _AT_LEAST_1,
+             "unfrozen_inner_folds": _AT_LEAST_0},
+    "evaluate": {"mc_samples": _AT_LEAST_0, "ood_max_images": _AT_LEAST_0,
+                 "ood_severities": (1, 5, True, True), "far_ood_images": _AT_LEAST_0,
+                 "rf_trees": _AT_LEAST_1, "rf_max_depth": _AT_LEAST_0,
+                 "rf_min_samples_leaf": _AT_LEAST_1, "gradcam_images": _AT_LEAST_0,
+                 "risk_target": _OPEN_UNIT, "risk_delta": _OPEN_UNIT,
+                 "conformal_alphas": _OPEN_UNIT, "acquisition_keep": _OPEN_UNIT,
+                 "semantic_keep": _OPEN_UNIT, "foreign_lab_images": _AT_LEAST_0},
+}
+
+
+def _describe_range(low, high, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"{'≥' if low_in else '>'} {low}"
+    return f"{low} {'≤' if low_in else '<'} value {'≤' if high_in else '<'} {high}"
+
+
+def check_ranges(section: str, obj, where: str) -> None:
+    """Every number of one profile section within its allowed range, else a ConfigError naming
+    ``where`` (file and section), the key, the value and the range."""
+    for key, (low, high, low_in, high_in) in _RANGES.get(section, {}).items():
+        value = getattr(obj, key)
+        for v in value if isinstance(value, tuple) else (value,):
+            ok = ((v >= low if low_in else v > low)
+                  and (high is None or (v <= high if high_in else v < high)))
+            if not ok:
+                allowed = _describe_range(low, high, low_in, high_in)
+                raise ConfigError(f"{where}: {key} = {value!r} is out of range (allowed: "
+                                  f"{allowed}); correct it and rerun")
+
+
+def check_profile(profile: Profile, where: str) -> None:
+    """``check_ranges`` of every section of ``profile`` (after overrides were applied)."""
+    for section in _RANGES:
+        check_ranges(section, getattr(profile, section), f"{where} [{section}]")
+
+
 def _build_section(cls, table: dict, where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(table) - set(known))
@@ -139,7 +191,9 @@ def _build_section(cls, table: dict, where: str):
         if type(value) is not type(default):
             raise ConfigError(f"{where}: {key} = {value!r} should be {type(default).__name__}")
         values[key] = value
-    return cls(**values)
+    obj = cls(**values)
+    check_ranges(next(k for k, c in _SECTION_TYPES.items() if c is cls), obj, where)
+    return obj
 
 
 def profile_path(name: str) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Profile, load_profile, resolve_profile_name
+from .config import Profile, check_profile, load_profile, resolve_profile_name
 from .errors import ConfigError
 from .naming import SETTINGS
 
@@ -124,6 +124,8 @@ class StudyConfig:
         if profile.cv.outer_folds < 2 or profile.cv.inner_folds < 2:
             raise ConfigError(f"--folds and --inner-folds must be ≥ 2 (got "
                               f"{profile.cv.outer_folds}, {profile.cv.inner_folds})")
+        check_profile(profile, f"profile {self.profile}"
+                      + (" with overrides" if self.overrides else ""))
         if profile.device == "cuda" and not cuda_available:
             raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
         return profile

@@ -15,8 +15,10 @@ from .metrics import nll
 
 
 def predictive_mean(mc_probs: np.ndarray) -> np.ndarray:
-    """Mean probability over the T passes, (N, C)."""
-    return np.asarray(mc_probs, dtype=np.float64).mean(axis=0)
+    """Mean probability over the T passes, (N, C), in float64 with rows summing to one (the
+    passes are float32 softmaxes)."""
+    mean = np.asarray(mc_probs, dtype=np.float64).mean(axis=0)
+    return mean / mean.sum(axis=1, keepdims=True)
 
 
 def predictive_entropy(probs: np.ndarray) -> np.ndarray:

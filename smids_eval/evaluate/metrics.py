@@ -21,14 +21,23 @@ def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return skm.confusion_matrix(labels, pred, labels=_LABELS)
 
 
+def as_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``probs`` in float64 with every row renormalised to sum to one: float32 softmaxes and
+    their means are off by ~1e-7, which scikit-learn's float64 check (tolerance ~1.5e-8)
+    reports as "y_prob values do not sum to one" on every fold."""
+    p = np.asarray(probs, dtype=np.float64)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class."""
-    return float(skm.log_loss(labels, probs, labels=_LABELS))
+    return float(skm.log_loss(labels, as_probabilities(probs), labels=_LABELS))
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     """Multiclass Brier score: mean over images of sum_k (p_k - onehot_k)^2 (range 0..2)."""
-    return float(skm.brier_score_loss(labels, probs, labels=_LABELS, scale_by_half=False))
+    return float(skm.brier_score_loss(labels, as_probabilities(probs), labels=_LABELS,
+                                      scale_by_half=False))
 
 
 def auroc_ovr(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

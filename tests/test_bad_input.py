@@ -1,0 +1,89 @@
+"""Bad input and faults end in one ``error: …`` line (exit 2), never a traceback (issue 14)."""
+
+from __future__ import annotations
+
+import errno
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smids_eval import StudyConfig
+from smids_eval.cli import module_main
+from smids_eval.errors import ConfigError
+
+TINY = Path(__file__).parent / "profiles" / "tiny.toml"
+
+
+def one_error_line(capsys, *needles: str) -> str:
+    """stderr holds exactly one ``error:`` line, no traceback, and it names every needle."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def study(tmp_path, *extra: str) -> int:
+    return module_main("study", ["--profile", str(TINY), "--variant", "A.0", "--no-progress",
+                                 "--cache-dir", str(tmp_path / "cache"), *extra])
+
+
+# --------------------------------------------------------------------------- profile numbers
+
+
+def bad_profile(tmp_path, section: str, key: str, value) -> Path:
+    text = "".join(line for line in TINY.read_text().splitlines(keepends=True)
+                   if not line.startswith(f"{key} = "))
+    head, sep, tail = text.partition(f"[{section}]\n")
+    path = tmp_path / "bad.toml"
+    path.write_text(f"{head}{sep}{key} = {value}\n{tail}" if sep
+                    else f"{text}\n[{section}]\n{key} = {value}\n")
+    return path
+
+
+@pytest.mark.parametrize("section,key,value,allowed", [
+    ("train", "epochs", -3, "allowed: ≥ 1"), ("train", "epochs", 0, "≥ 1"),
+    ("train", "batch_size", 0, "≥ 1"), ("tune", "trials", 0, "≥ 1"),
+    ("cv", "inner_folds", 1, "≥ 2"), ("model", "dropout_p", 1.5, "0 ≤ value < 1"),
+    ("evaluate", "conformal_alphas", "[0.1, 2.0]", "0 < value < 1"),
+])
+def test_profile_numbers_are_checked_when_loaded(tmp_path, capsys, section, key, value, allowed):
+    path = bad_profile(tmp_path, section, key, value)
+    code = module_main("study", ["--profile", str(path), "--variant", "A.0", "--out",
+                                 str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    one_error_line(capsys, str(path), f"[{section}]", f"{key} = ", allowed)
+    assert not (tmp_path / "out").exists()
+
+
+def test_profile_overrides_are_checked_too():
+    config = StudyConfig(profile=str(TINY), overrides={"train": {"epochs": -3}})
+    with pytest.raises(ConfigError, match=r"with overrides \[train\]: epochs = -3 .*≥ 1"):
+        config.resolve_profile(False)
+
+
+# --------------------------------------------------------------------------- sklearn warning
+
+
+def test_scorers_pass_probabilities_that_sum_to_one():
+    """float32 MC-dropout passes averaged in float64 are off by ~1e-7: scikit-learn warned
+    "y_prob values do not sum to one" on every fold."""
+    import torch
+
+    from smids_eval.evaluate.mc_dropout import MCDropoutScorer
+    from smids_eval.evaluate.metrics import ClassificationScorer
+    from smids_eval.outputs import ModelOutputs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 3)).astype(np.float32) * 4
+    mc = torch.softmax(torch.tensor(logits)[None] + torch.randn(20, 400, 3), 2).numpy()
+    outputs = ModelOutputs(logits=logits, features=logits, labels=rng.integers(0, 3, 400),
+                           mc_probs=mc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(MCDropoutScorer().score(outputs)["mc_nll"])
+        assert np.isfinite(ClassificationScorer().score(outputs)["cls_nll"])
