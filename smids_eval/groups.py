@@ -21,9 +21,12 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.preprocessing import StandardScaler
 
 from .data.scan import listing
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 GROUPING_SOURCES = ("manifest", "inferred")
+#: how a user gets inferred groups instead of a manifest (the CLI has no option naming a source)
+INFERRED_ADVICE = ("drop --groups-file (and move a donors.csv out of the data folder) to use "
+                   "inferred acquisition groups, --n-groups N")
 MANIFEST_COLUMNS = ("path", "donor")
 
 # ----------------------------------------------------------------------------- manifest
@@ -42,7 +45,7 @@ def _read_rows(csv_path: Path) -> list[list[str]]:
             return list(csv.reader(fh, strict=True))
     except FileNotFoundError:
         raise DataError(f"donor manifest not found: {csv_path}; create it (columns path,donor) "
-                        "or use the 'inferred' grouping source") from None
+                        f"or {INFERRED_ADVICE}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"donor manifest {csv_path} is not a readable UTF-8 CSV "
                         f"({type(exc).__name__}: {exc}); re-export it as CSV with columns "
@@ -108,7 +111,7 @@ def read_manifest(csv_path: str | os.PathLike, paths: Sequence[str | os.PathLike
         raise DataError(f"donor manifest {csv_path} does not match the data set:\n- "
                         + "\n- ".join(sections)
                         + "\nGive every image exactly one 'path,donor' row (paths relative to the "
-                          "data folder), or use the 'inferred' grouping source.")
+                          f"data folder), or {INFERRED_ADVICE}.")
     return np.array([donors[p][1] for p in wanted], dtype=str)
 
 
@@ -329,6 +332,10 @@ def resolve_groups(dataset, groups_file: str | os.PathLike | None = None, *, n_g
         merged = merge_groups(codes, pairs)
         first = {m: names[codes[np.flatnonzero(merged == m)[0]]] for m in np.unique(merged)}
         return np.array([first[m] for m in merged], dtype=str), "manifest"
+    if n_groups > len(dataset):
+        raise ConfigError(f"--n-groups {n_groups} is more than the {len(dataset)} images of "
+                          f"{dataset.source.describe()}: inferred groups would be single images, "
+                          f"not acquisitions; use --n-groups {len(dataset)} or fewer (default 17)")
     labels = AcquisitionGrouper(n_groups=n_groups, seed=seed).fit(dataset.images,
                                                                    units=units).labels_
     return np.array([f"inferred_{g:02d}" for g in labels]), "inferred"

@@ -82,8 +82,9 @@ class StudyConfig:
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials must be ≥ 1 (got {self.trials})")
         if self.n_groups < 2:
-            raise ConfigError(f"--n-groups must be ≥ 2 (got {self.n_groups}); inferred groups "
-                              f"need at least as many groups as outer folds")
+            raise ConfigError(f"--n-groups must be ≥ 2 (got {self.n_groups}): grouped folds "
+                              f"need at least 2 groups (and as many as --folds); pass "
+                              f"--n-groups 2 or more (default 17)")
         if any(k < 0 for k in self.only_folds):
             raise ConfigError(f"--fold {list(self.only_folds)}: folds are numbered from 0")
         if self.weights_file and not Path(self.weights_file).is_file():

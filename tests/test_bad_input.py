@@ -87,3 +87,36 @@ def test_scorers_pass_probabilities_that_sum_to_one():
         warnings.simplefilter("error")
         assert np.isfinite(MCDropoutScorer().score(outputs)["mc_nll"])
         assert np.isfinite(ClassificationScorer().score(outputs)["cls_nll"])
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@pytest.mark.parametrize("n", ["0", "1", "-4"])
+def test_too_few_groups_asks_for_two_or_more(tmp_path, capsys, n):
+    assert study(tmp_path, "--out", str(tmp_path / "out"), "--n-groups", n) == 2
+    one_error_line(capsys, f"--n-groups must be ≥ 2 (got {n})", "--n-groups 2 or more")
+
+
+def test_one_group_advice_is_an_option_that_works():
+    from smids_eval.splits import make_repeated_splits
+
+    labels = np.arange(30) % 3
+    with pytest.raises(ConfigError, match="at least 2 donor groups.*--n-groups 2 or more") as info:
+        make_repeated_splits(labels, np.zeros(30, dtype=int), 2, 2, 0, 1)
+    assert "--folds 1" not in str(info.value)
+
+
+def test_more_groups_than_images_is_refused(tmp_path, tiny_folder, capsys):
+    assert study(tmp_path, "--out", str(tmp_path / "out"), "--data-dir", str(tiny_folder),
+                 "--n-groups", "5000") == 2
+    one_error_line(capsys, "--n-groups 5000", "12 images", "--n-groups 12 or fewer")
+    assert not (tmp_path / "out").exists()
+
+
+def test_groups_file_errors_name_real_options(tmp_path, tiny_folder, capsys):
+    missing = tmp_path / "none.csv"
+    assert study(tmp_path, "--out", str(tmp_path / "out"), "--data-dir", str(tiny_folder),
+                 "--groups-file", str(missing)) == 2
+    line = one_error_line(capsys, str(missing), "drop --groups-file", "--n-groups")
+    assert "grouping source" not in line
