@@ -153,12 +153,17 @@ def _parse_fold(text: str) -> int | None:
 def _predict(args) -> int:
     import numpy as np
 
-    from .io import write_csv, write_json
+    from .io import ensure_output_dir, write_csv, write_json
     from .predict import NOT_AN_IMAGE, OK, UNREADABLE, Predictor
     from .run_folder import RunFolder
 
     if args.batch < 1:
         raise ConfigError(f"--batch must be ≥ 1 (got {args.batch})")
+    if args.out:  # checked before any image is read: a wrong --out costs nothing
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} is a folder; pass the CSV file to write, e.g. "
+                              f"{Path(args.out) / ('predict-' + args.variant + '.csv')}")
+        ensure_output_dir(Path(args.out).parent, f"--out {args.out}: its folder")
     predictor = Predictor(args.run, args.variant, args.setting, _parse_fold(args.fold),
                           args.device, args.weights_file, repeat=args.repeat)
     frame = predictor.predict_paths(args.paths, batch=args.batch)
@@ -290,6 +295,13 @@ def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
         return run(args)
     except SmidsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write outside io.atomic_open (a folder, the Optuna journal, …)
+        from .io import WRITE_FAULTS, output_error
+
+        if exc.errno not in WRITE_FAULTS:
+            raise
+        print(f"error: {output_error(None, exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished folds are saved; rerun the same command to resume",

@@ -13,5 +13,9 @@ class ConfigError(SmidsError):
     """A TOML config or a CLI value is invalid."""
 
 
+class OutputError(SmidsError):
+    """A result, model or cache file cannot be written (disk full, read-only, no permission)."""
+
+
 class TrainingDiverged(SmidsError):
     """The training loss became NaN or infinite; tuning turns this into a pruned trial."""

@@ -57,7 +57,7 @@ def test_profile_numbers_are_checked_when_loaded(tmp_path, capsys, section, key,
                                  str(tmp_path / "out"), "--no-progress"])
     assert code == 2
     one_error_line(capsys, str(path), f"[{section}]", f"{key} = ", allowed)
-    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "out").glob("*/config.toml"))
 
 
 def test_profile_overrides_are_checked_too():
@@ -111,7 +111,7 @@ def test_more_groups_than_images_is_refused(tmp_path, tiny_folder, capsys):
     assert study(tmp_path, "--out", str(tmp_path / "out"), "--data-dir", str(tiny_folder),
                  "--n-groups", "5000") == 2
     one_error_line(capsys, "--n-groups 5000", "12 images", "--n-groups 12 or fewer")
-    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "out").glob("*/config.toml"))
 
 
 def test_groups_file_errors_name_real_options(tmp_path, tiny_folder, capsys):
@@ -120,3 +120,104 @@ def test_groups_file_errors_name_real_options(tmp_path, tiny_folder, capsys):
                  "--groups-file", str(missing)) == 2
     line = one_error_line(capsys, str(missing), "drop --groups-file", "--n-groups")
     assert "grouping source" not in line
+
+
+# --------------------------------------------------------------------------- where results go
+
+
+def deny_writes(monkeypatch):
+    """As if the folder were not writable (the tests run as root, where chmod does not stop)."""
+    import smids_eval.io
+
+    def mkstemp(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(smids_eval.io.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("command", ["study", "benchmark"])
+def test_out_that_is_a_file(tmp_path, capsys, command):
+    out = tmp_path / "results.txt"
+    out.write_text("not a folder")
+    args = ["--profile", str(TINY), "--variant", "A.0", "--no-progress", "--out", str(out)]
+    assert module_main(command, args) == 2
+    one_error_line(capsys, f"--out {out} is a file, not a folder", "pass a folder")
+    assert module_main(command, [*args[:-1], str(out / "sub")]) == 2
+    one_error_line(capsys, f"--out {out / 'sub'} is not a writable folder", "a part of the path is a file")
+
+
+def test_out_that_is_not_writable(tmp_path, capsys, monkeypatch):
+    deny_writes(monkeypatch)
+    assert study(tmp_path, "--out", str(tmp_path)) == 2
+    one_error_line(capsys, f"--out {tmp_path} is not a writable folder", "permission denied")
+
+
+def test_predict_out_that_is_a_folder_or_not_writable(tmp_path, capsys, monkeypatch):
+    args = [str(tmp_path), "--run", str(tmp_path / "run"), "--variant", "F.1", "--out"]
+    assert module_main("predict", [*args, str(tmp_path)]) == 2
+    one_error_line(capsys, f"--out {tmp_path} is a folder", "pass the CSV file")
+    deny_writes(monkeypatch)
+    assert module_main("predict", [*args, str(tmp_path / "p.csv")]) == 2
+    one_error_line(capsys, f"--out {tmp_path / 'p.csv'}: its folder {tmp_path}", "not a writable")
+
+
+def full_disk(monkeypatch):
+    import smids_eval.io
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(smids_eval.io.os, "fsync", fsync)
+
+
+def test_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from smids_eval.errors import OutputError
+    from smids_eval.io import write_json
+
+    path = tmp_path / "folds" / "F.1" / "r0-f0-tuned.json"
+    write_json(path, {"finished": 1})
+    full_disk(monkeypatch)
+    with pytest.raises(OutputError, match=rf"cannot write {path}: no space left .*errno 28.*kept"):
+        write_json(path, {"finished": 2})
+    assert path.read_text() == '{\n "finished": 1\n}'
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+
+
+@pytest.mark.parametrize("fault", ["atomic write", "other write"])
+def test_full_disk_or_read_only_during_a_study_is_one_error_line(tmp_path, capsys, monkeypatch,
+                                                                  fault):
+    import smids_eval.study
+    from smids_eval.io import write_json
+
+    fold = tmp_path / "out" / "run" / "folds" / "A.0" / "r0-f1-specified.json"
+
+    def run_study(config):
+        if fault == "atomic write":
+            full_disk(monkeypatch)
+            write_json(fold, {})
+        raise OSError(errno.EROFS, "Read-only file system", str(fold.parent))
+
+    monkeypatch.setattr(smids_eval.study, "run_study", run_study)
+    assert study(tmp_path, "--out", str(tmp_path / "out")) == 2
+    reason = "no space left" if fault == "atomic write" else "read-only file system"
+    one_error_line(capsys, f"cannot write {fold if fault == 'atomic write' else fold.parent}",
+                   reason, "finished folds", "rerun the same command to resume")
+
+
+# --------------------------------------------------------------------------- failed starts
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "garbage"])
+def test_failed_start_leaves_no_run_folder(tmp_path, capsys, weights):
+    """Weights that cannot be used fail before config.toml exists: the corrected rerun into the
+    same --out is not refused as "made with other settings"."""
+    out = tmp_path / "out"
+    if weights == "garbage":
+        bad = tmp_path / "vgg19.pth"
+        bad.write_bytes(b"not a checkpoint")
+        extra, needle = ["--weights-file", str(bad)], f"weights file {bad}"
+    else:  # the tiny model cannot take ImageNet weights: the same failure as offline
+        extra, needle = ["--weights", "imagenet"], "ImageNet"
+    assert study(tmp_path, "--out", str(out), *extra) == 2
+    one_error_line(capsys, needle)
+    assert not list(out.glob("*/config.toml"))

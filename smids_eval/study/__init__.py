@@ -33,7 +33,7 @@ from ..device import measure_bf16_peak, resolve_device
 from ..errors import ConfigError
 from ..fold import FoldRunner
 from ..groups import resolve_groups
-from ..io import write_csv
+from ..io import ensure_output_dir, write_csv
 from ..naming import RF_SETTING, rf_name
 from ..plan import StudyPlan, plan_study
 from ..provenance import git_commit
@@ -47,6 +47,7 @@ from ..toml import loads
 from ..tomlw import dumps
 from ..tune import open_storage
 from ..variants import Variant, select_variants
+from ..weights import resolve_weights
 
 log = logging.getLogger("smids_eval.study")
 
@@ -148,6 +149,11 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
     variants = select_variants(list(config.variants))  # unknown names fail here
     profile = config.resolve_profile(torch.cuda.is_available())
     check_rule(profile.evaluate)
+    if write:
+        # before the run folder exists: a wrong --out or weights that cannot be loaded must not
+        # leave a config.toml that makes the corrected rerun "made with other settings"
+        ensure_output_dir(config.out, "--out")
+        resolve_weights(profile.model.weights, profile.model.width)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     dataset = load_dataset(config.data_dir, size=profile.data.image_size, cache_dir=cache_dir,
                            synthetic_images=profile.data.synthetic_images,
