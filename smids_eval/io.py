@@ -13,7 +13,6 @@ from typing import IO
 
 from .errors import ConfigError, OutputError
 
-
 #: errno → why a write failed, in words: the faults of the place written to, not of the program
 WRITE_FAULTS = {
     errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
