@@ -203,12 +203,17 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-split-run", metavar="DIR", help="the same study under --split random "
                    "(default: the sibling RUN_DIR-random-split, if present)")
     p.add_argument("--throughput-json", metavar="FILE", help="pytest-benchmark JSON to tabulate")
+    p.add_argument("--summary", action="store_true", help="print the 'At a glance' and 'Limits "
+                   "of this run' blocks to the terminal instead of writing report.md")
 
 
 def _report(args) -> int:
-    from .report.markdown import build_report, run_dataset
+    from .report.markdown import build_report, run_dataset, summary_text
 
     try:
+        if args.summary:
+            print(summary_text(args.run_dir, random_split_run=args.random_split_run))
+            return 0
         dataset = None if args.no_images else run_dataset(args.run_dir, args.data_dir,
                                                           args.cache_dir)
         path = build_report(args.run_dir, dataset=dataset, random_split_run=args.random_split_run,

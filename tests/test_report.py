@@ -55,7 +55,7 @@ def assert_png(path: Path) -> None:
 def make_random_split_sibling(run: Path) -> Path:
     """A sibling '<run>-random-split' folder whose folds are this run's, made 0.1 more accurate."""
     sibling = run.with_name(run.name + "-random-split")
-    sibling.mkdir()
+    sibling.mkdir(exist_ok=True)
     folds = pd.read_csv(run / "folds.csv")
     folds["cls_accuracy"] = folds["cls_accuracy"] + 0.1
     folds.to_csv(sibling / "folds.csv", index=False)
@@ -141,3 +141,38 @@ def test_cli(study, capsys):
     with pytest.raises(SystemExit) as exc:
         module_main("report", ["--help"])
     assert exc.value.code == 0
+
+
+def test_at_a_glance_numbers_recompute_from_the_fold_rows(study, capsys):
+    from smids_eval.report.glance import glance_facts
+    from smids_eval.report.markdown import Report
+
+    run, _ = study
+    make_random_split_sibling(run)
+    report = Report.load(run)
+    facts = glance_facts(report)
+    folds = pd.read_csv(run / "folds.csv")
+    neural = folds[~folds["variant"].str.endswith("+RF")]
+    means = neural.groupby(["variant", "setting"])["cls_macro_f1"].mean()
+    assert facts["best"] == means.idxmax()
+    rows = folds[(folds.variant == facts["best"][0]) & (folds.setting == facts["best"][1])]
+    assert facts["macro_f1"].startswith(f"{rows['cls_macro_f1'].mean():.3f}")
+    assert facts["false_alarm"] == pytest.approx(rows["ood_heldout_in_distribution_flagged"].mean())
+    assert facts["decided"] == int(rows["sel_val_thr_accepted_msp"].fillna(0).sum())
+    assert facts["optimism"][1] == pytest.approx(0.0, abs=1e-12)  # the sibling copies the folds
+    # the terminal block is the same text as the report's first section
+    assert module_main("report", [str(run), "--summary"]) == 0
+    printed = capsys.readouterr().out
+    assert "At a glance:" in printed and "Limits of this run:" in printed
+    assert "NOT ImageNet-pretrained" in printed and "inferred acquisition groups" not in printed
+
+
+def test_intervals_of_proportions_stay_inside_0_1():
+    folds = pd.DataFrame({"variant": "F.0", "setting": "tuned", "repeat": 0, "fold": range(3),
+                          "n_test": 100, "n_fit": 300,
+                          "cls_recall_abnormal_sperm": [0.0, 1.0, 0.9],
+                          "cal_temperature": [0.5, 3.0, 9.0]})
+    row = summarise(folds).iloc[0]
+    assert row["cls_recall_abnormal_sperm_ci95_low"] == 0.0
+    assert row["cls_recall_abnormal_sperm_ci95_high"] == 1.0
+    assert row["cal_temperature_ci95_low"] < 0.5  # not a proportion: not clipped

@@ -13,6 +13,8 @@ probability (``smids_eval.report.comparisons.tied_with_best``)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -67,8 +69,20 @@ def t_interval(values: np.ndarray, level: float = 0.95, ratio: float = 0.0
     return float(values.mean() - half), float(values.mean() + half)
 
 
+#: metrics that are not proportions in [0, 1] (their intervals are not clipped)
+UNBOUNDED = re.compile(r".*(nll|temperature|set_size|_drop|accepted|batches|tune_).*")
+
+
+def bounded(col: str, values: np.ndarray) -> bool:
+    """Whether ``col`` is a proportion: its interval is clipped to [0, 1]."""
+    finite = values[np.isfinite(values)]
+    return (not UNBOUNDED.fullmatch(col) and finite.size > 0
+            and finite.min() >= 0.0 and finite.max() <= 1.0)
+
+
 def summarise(folds: pd.DataFrame) -> pd.DataFrame:
-    """One row per (variant, setting): ``<metric>_mean``, ``_std``, ``_ci95_low``, ``_ci95_high``."""
+    """One row per (variant, setting): ``<metric>_mean``, ``_std``, ``_ci95_low``, ``_ci95_high``
+    (clipped to [0, 1] for proportions, see ``bounded``)."""
     metrics = metric_columns(folds)
     rows = []
     repeat = folds["repeat"] if "repeat" in folds else pd.Series(0, folds.index)
@@ -85,6 +99,8 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
             if np.isnan(v).all():
                 continue
             lo, hi = t_interval(v, ratio=ratio)
+            if bounded(col, v):  # a proportion's interval stays inside [0, 1]
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
             if col in HEADLINE and row["n_repeats"] > 1:
                 row[f"{col}_repeat_std"] = float(part[col].groupby(part_repeat).mean().std(ddof=1))
             row.update({f"{col}_mean": np.nanmean(v), f"{col}_std": np.nanstd(v, ddof=1)

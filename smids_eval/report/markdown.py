@@ -24,6 +24,7 @@ from ..io import write_text
 from ..run_folder import RunFolder
 from ..toml import load_toml
 from . import figures as fg
+from .glance import at_a_glance, limits
 from .leaderboard import HEADLINE
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ def mean_std_ci(row: pd.Series, metric: str) -> str:
     m, s = row.get(f"{metric}_mean", np.nan), row.get(f"{metric}_std", np.nan)
     lo, hi = row.get(f"{metric}_ci95_low", np.nan), row.get(f"{metric}_ci95_high", np.nan)
     text = f"{fmt(m)} ± {fmt(s)}"
-    return text + (f" [{fmt(lo)}, {fmt(hi)}]" if not np.isnan(float(lo)) else "")
+    if np.isnan(float(lo)):
+        return text
+    clipped = "‡" if float(lo) == 0.0 or float(hi) == 1.0 else ""
+    return text + f" [{fmt(lo)}, {fmt(hi)}]{clipped}"
 
 
 def nice(metric: str) -> str:
@@ -257,7 +261,8 @@ def leaderboard(r: Report) -> list[str]:
         rows.append(cells)
     fig = fg.leaderboard_bars(r.board, r.figure("leaderboard"))
     return (["Mean ± std over outer folds (of every repeat) [95% interval with the "
-             "Nadeau–Bengio correction for overlapping training sets]; recall on Abnormal_Sperm "
+             "Nadeau–Bengio correction for overlapping training sets, clipped to [0, 1] for "
+             "proportions and then marked ‡]; recall on Abnormal_Sperm "
              "is the key figure. `+RF` rows are a random-forest head on the same frozen "
              "features. Arms that are the same computation (same architecture, search space and "
              "frozen features) are run once and listed once, with the others named in a column. "
@@ -635,6 +640,7 @@ def cost(r: Report) -> list[str]:
 
 
 SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
+    ("At a glance", at_a_glance), ("Limits of this run", limits),
     ("Provenance", provenance), ("Data exploration", data_exploration),
     ("Leaderboard", leaderboard), ("Per-class recall", per_class),
     ("Confusion matrices", confusion), ("Training curves", training),
@@ -657,6 +663,14 @@ def render(report: Report) -> str:
         except Exception as exc:  # noqa: BLE001 - one broken section must not lose the report
             log.exception("report section %r failed", title)
             lines += na(f"section failed ({type(exc).__name__}: {exc})")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summary_text(run_dir, random_split_run=None) -> str:
+    """The report's first two sections as plain text for the terminal."""
+    report = Report.load(run_dir, random_split_run=random_split_run)
+    lines = [f"{report.run.root.name}", "", "At a glance:"] + at_a_glance(report)
+    lines += ["Limits of this run:"] + limits(report)
     return "\n".join(lines).rstrip() + "\n"
 
 
