@@ -175,14 +175,16 @@ class Predictor:
         self.size = self.engines[0].profile.data.image_size
         self.folds = [int(m.fold) for m in self.models]
 
-    def predict_images(self, images: np.ndarray) -> pd.DataFrame:
-        """Ensemble frame (see ``combine``) for uint8 images (N, size, size, 3)."""
+    def predict_images(self, images: np.ndarray, stats: np.ndarray | None = None) -> pd.DataFrame:
+        """Ensemble frame (see ``combine``) for uint8 images (N, size, size, 3); ``stats``:
+        their ``image_statistics`` when the caller already has them."""
+        stats = image_statistics(images) if stats is None else stats
         frames, features, described = [], {}, {}
         for saved, engine in zip(self.models, self.engines, strict=True):
             if id(engine) not in features:
                 features[id(engine)] = engine.prefix_features(images, augment=False)[:, 0]
-                described[id(engine)] = describe(images, engine.model.prefix,
-                                                 engine.variant.channels)
+                described[id(engine)] = {"image_stats": stats, **describe(
+                    images, engine.model.prefix, engine.variant.channels, ("block_moments",))}
             out = engine.predict(saved.suffix_state, features[id(engine)], mc_seed=saved.seed)
             frames.append(saved.artifacts.apply(out.with_descriptors(described[id(engine)])))
         return combine(frames)
@@ -210,10 +212,11 @@ class Predictor:
             rows, good, images = read_batch(chunk, self.size)
             frame = pd.DataFrame(rows)
             if good:
-                pred = self.predict_images(images)
+                stats = image_statistics(images)  # once: descriptors and the batch test
+                pred = self.predict_images(images, stats)
                 pred.index = good
                 frame = frame.join(pred)
-                stats_images.append(image_statistics(images))
+                stats_images.append(stats)
             parts.append(frame)
         self.batch_result = (self.batch_test(np.concatenate(stats_images))
                              if stats_images else None)
