@@ -16,7 +16,7 @@ from . import CLASSES
 from .config import load_search_space
 from .data import class_slug
 from .engine import Engine
-from .evaluate import evaluate_fold, fit_confidence_artifacts
+from .evaluate import batch_shift_keys, evaluate_fold, fit_batch_test, fit_confidence_artifacts
 from .evaluate.descriptors import DESCRIPTORS, block_moments, image_statistics
 from .evaluate.ood import DETECTORS
 from .evaluate.rf_head import RandomForestHead
@@ -189,8 +189,9 @@ class FoldRunner:
                 row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
                            hp_weight_decay=hyper.weight_decay, epochs_run=result.epochs_run,
                            best_epoch=result.best_epoch, **extra)
-                artifacts = fit_confidence_artifacts(train_out, val_out, ctx.profile.evaluate,
-                                                     temperature=row["cal_temperature"])
+                artifacts = fit_confidence_artifacts(
+                    train_out, val_out, ctx.profile.evaluate, temperature=row["cal_temperature"],
+                    batch_test=self.shared.get(("batch", repeat, fold), (None,))[0])
             model = SavedFold(variant=v.as_dict(), setting=setting, fold=fold, repeat=repeat,
                               suffix_state=result.state_dict, hyper=asdict(hyper),
                               profile=ctx.profile.as_dict(), weights=self.engine.weights_id,
@@ -257,8 +258,20 @@ class FoldRunner:
         graded = {k: o for k, o in shifted_out.items() if not k.endswith(worst)}
         metrics = evaluate_fold(train_out, val_out, test_out, ood_sets=ood_sets,
                                 shifted=shifted_out, graded=graded,
-                                config=self.ctx.profile.evaluate)
+                                config=self.ctx.profile.evaluate,
+                                batch_keys=self._batch(fold, train_out, val_out, test_out,
+                                                       ood_sets))
         return {"variant": None, "setting": setting, "repeat": self.repeat, "fold": fold, **metrics}
+
+    def _batch(self, fold, train_out, val_out, test_out, ood_sets) -> dict[str, float]:
+        """The fold's batch shift test and its metrics, computed once per (repeat, fold): they
+        depend on the fold's images (inner train + validation, held-out, OOD sets) only, so
+        every arm and head of the fold shares them."""
+        key = ("batch", self.repeat, fold)
+        if key not in self.shared:
+            test = fit_batch_test(train_out, val_out)
+            self.shared[key] = (test, batch_shift_keys(test, test_out, ood_sets))
+        return self.shared[key][1]
 
     def _save(self, row, t0, test_idx, test_out, fold, setting, model, name=None) -> None:
         ctx = self.ctx

@@ -41,21 +41,23 @@ def ood_scorer(config: EvalConfig) -> OODScorer:
 
 def evaluate_fold(train: ModelOutputs | None, val: ModelOutputs, test: ModelOutputs, *,
                   ood_sets: dict[str, ModelOutputs], shifted: dict[str, ModelOutputs],
-                  config: EvalConfig, graded: dict[str, ModelOutputs] | None = None
-                  ) -> dict[str, float]:
+                  config: EvalConfig, graded: dict[str, ModelOutputs] | None = None,
+                  batch_keys: dict[str, float] | None = None) -> dict[str, float]:
     """Every scorer in ``SCORERS`` fitted on (train, val) and scored on ``test``; OOD metrics of
     every applicable detector for each of ``ood_sets`` against ``test`` (the held-out fold's
     false-alarm rate too), the in-distribution rule's flagged share on ``graded`` sets; accuracy
     and drop for each of ``shifted`` (keys ``"<shift>_s<k>"``, labelled copies of test images).
     Pass shifted sets in ``ood_sets`` or ``graded`` too to get their detection metrics.
     ``cal_temperature`` is the fold's temperature fitted on ``val``: pass it on to
-    ``fit_confidence_artifacts``."""
+    ``fit_confidence_artifacts``. ``batch_keys``: the fold's ``batch_shift_keys`` when the
+    caller already has them (they depend on the images only, not on the model)."""
     res: dict[str, float] = {}
     for scorer in SCORERS.values():
         res.update(scorer.from_config(config).fit(train, val).score(test))
     if ood_sets or graded:
         res.update(ood_scorer(config).fit(train, val).score_sets(test, ood_sets, graded))
-        res.update(batch_shift_keys(fit_batch_test(train, val), test, ood_sets))
+        res.update(batch_keys if batch_keys is not None
+                   else batch_shift_keys(fit_batch_test(train, val), test, ood_sets))
     if shifted:
         clean = float((test.probs.argmax(1) == test.labels).mean())
         res.update(shift_accuracy_keys(clean, {k: float((o.probs.argmax(1) == o.labels).mean())
@@ -162,8 +164,8 @@ class ConfidenceArtifacts:
 
 
 def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, config: EvalConfig,
-                             *, alpha: float = 0.1, temperature: float | None = None
-                             ) -> ConfidenceArtifacts:
+                             *, alpha: float = 0.1, temperature: float | None = None,
+                             batch_test=None) -> ConfidenceArtifacts:
     """Temperature, the in-distribution rule (``config``'s acquisition and semantic detectors,
     thresholds keeping ``acquisition_keep`` / ``semantic_keep`` of validation), class-conditional conformal LAC at
     ``alpha``, the risk-controlling selective threshold and the batch shift test, all fitted on
@@ -171,7 +173,9 @@ def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, conf
 
     ``temperature``: the fold's already fitted temperature (``evaluate_fold``'s
     ``cal_temperature``, fitted on the same ``val``), so a fold fits T once and its reported
-    calibration and its saved model use the same value; None fits it here the same way."""
+    calibration and its saved model use the same value; None fits it here the same way.
+    ``batch_test``: the fold's already fitted ``fit_batch_test`` (model-independent), None
+    fits it here."""
     if temperature is None:
         temperature = TemperatureScaler().fit(val.logits, val.labels).temperature_
     cal_val = scaled(val, temperature)
@@ -185,8 +189,9 @@ def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, conf
     return ConfidenceArtifacts(temperature=temperature, detector=rule, conformal=conformal,
                                alpha=alpha, confidence_threshold=threshold,
                                risk_target=config.risk_target, risk_delta=config.risk_delta,
-                               batch_test=fit_batch_test(train, val))
+                               batch_test=(batch_test if batch_test is not None
+                                           else fit_batch_test(train, val)))
 
 
 __all__ = ["SCORERS", "DETECTORS", "REFER_REASONS", "ConfidenceArtifacts", "evaluate_fold",
-           "fit_confidence_artifacts", "class_slug"]
+           "fit_confidence_artifacts", "fit_batch_test", "batch_shift_keys", "class_slug"]
