@@ -278,6 +278,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                     description=_description(command) or help_text,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_options(p)
+        add_output_options(p)
         return p
     p = argparse.ArgumentParser(prog="smids", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,18 +287,39 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=_description(name),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         add_options(sp)
+        add_output_options(sp)
     return p
 
 
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """How much the command says: every command takes ``--quiet`` / ``--verbose``."""
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true",
+                      help="warnings and errors only, no progress bars")
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+
+
+def log_level(args: argparse.Namespace) -> int:
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    return logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+
+
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """The one wrapper: logging, SmidsError → ``error: …`` and exit 2, Ctrl-C → exit 130."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    """The one wrapper: logging (through tqdm, so a log line never lands on a progress bar's
+    line), SmidsError → ``error: …`` and exit 2, Ctrl-C → exit 130."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(log_level(args))
+    if getattr(args, "quiet", False) and hasattr(args, "no_progress"):
+        args.no_progress = True
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return run(args)
+        with logging_redirect_tqdm():
+            return run(args)
     except SmidsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,11 +36,11 @@ def _folds(labels, groups, k: int, seed: int, grouped: bool, units=None) -> np.n
     together."""
     n_groups = len(np.unique(groups))
     if grouped and n_groups < 2:
-        raise ConfigError(f"grouped folds need at least 2 donor groups, but there is {n_groups}; "
+        raise ConfigError(f"grouped folds need at least 2 groups, but there is {n_groups}; "
                           "give the images more groups (--n-groups 2 or more, or a --groups-file "
-                          "with 2+ donors), or use --split random")
+                          "with 2+ groups), or use --split random")
     if grouped and k > n_groups:
-        raise ConfigError(f"{k} folds need at least {k} donor groups, but there are {n_groups}; "
+        raise ConfigError(f"{k} folds need at least {k} groups, but there are {n_groups}; "
                           f"use --folds {n_groups} or fewer")
     if k < 2:
         raise ConfigError(f"folds must be ≥ 2 (got {k})")

@@ -102,7 +102,7 @@ def test_one_group_advice_is_an_option_that_works():
     from smids_eval.splits import make_repeated_splits
 
     labels = np.arange(30) % 3
-    with pytest.raises(ConfigError, match="at least 2 donor groups.*--n-groups 2 or more") as info:
+    with pytest.raises(ConfigError, match="at least 2 groups.*--n-groups 2 or more") as info:
         make_repeated_splits(labels, np.zeros(30, dtype=int), 2, 2, 0, 1)
     assert "--folds 1" not in str(info.value)
 

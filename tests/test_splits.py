@@ -80,7 +80,7 @@ def test_tampered_plan_fails_its_check():
 
 def test_too_many_folds_is_a_clear_error():
     labels, groups = _data(n_groups=4)
-    with pytest.raises(ConfigError, match="at least 5 donor groups, but there are 4"):
+    with pytest.raises(ConfigError, match="at least 5 groups, but there are 4"):
         make_splits(labels, groups, outer_k=5, inner_k=2)
 
 

@@ -241,7 +241,7 @@ def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("extra,message", [
     (["--variant", "Z.9"], "unknown variant(s) Z.9; valid variants: A.0"),
-    (["--variant", "A.0", "--folds", "40"], "40 folds need at least 40 donor groups, but there are 17"),
+    (["--variant", "A.0", "--folds", "40"], "40 folds need at least 40 groups, but there are 17"),
     (["--variant", "A.0", "--storage", "postgresql://nobody:x@127.0.0.1:1/none"], "unreachable"),
     (["--variant", "A.0", "--settings", "best"], "--settings 'best'"),
     (["--variant", "A.0", "--profile", "turbo"], "unknown profile 'turbo'"),

@@ -68,7 +68,7 @@ def load_folder(root: str | Path, size: int, cache_dir: str | Path | None = None
     source = source or DataSource(root, "--data-dir", None)
     dups = exact_duplicates(files)
     if dups:
-        log.warning("%d groups of byte-identical images in %s (they are kept in one donor group): %s",
+        log.warning("%d groups of byte-identical images in %s (they are kept in one group): %s",
                     len(dups), root, dups[:5])
     return Dataset(images=arrays["images"], labels=np.array([f.label for f in files], dtype=np.int64),
                    paths=relpaths, original_sizes=arrays["original_sizes"], root=root,
