@@ -83,3 +83,44 @@ def test_rule_refers_noise_blank_and_one_pixel_images(sets, prefix):
     for share in (m >= 0 for m in rule.margins(test).values()):
         assert both.mean() <= share.mean()
     assert both.mean() >= 0.85
+
+
+def _grouped_descriptors(rng, n_groups: int, per_group: int, dims: int = 6, spread: float = 1.0):
+    """Descriptor vectors of acquisition groups: each group has its own offset (another day,
+    slide or setting of the same lab) around the lab's mean, plus within-group noise."""
+    offsets = rng.normal(0, spread, (n_groups, dims))
+    x = np.concatenate([o + rng.normal(0, 0.5, (per_group, dims)) for o in offsets])
+    return x, np.repeat(np.arange(n_groups), per_group).astype(str)
+
+
+def _desc_outputs(x, groups=None):
+    return ModelOutputs(logits=np.zeros((len(x), 3)), features=x, groups=groups,
+                        descriptors={"image_stats": x})
+
+
+def test_threshold_is_calibrated_on_new_acquisition_groups():
+    """With groups, the acquisition threshold keeps ~95% of NEW groups (leave-one-group-out);
+    a validation split of the same groups would keep far fewer of them."""
+    rng = np.random.default_rng(3)
+    flagged, flagged_ungrouped = [], []
+    for _ in range(6):
+        x, g = _grouped_descriptors(rng, 12, 40)
+        is_train = rng.random(len(x)) < 0.8  # val shares the training groups
+        train, val = _desc_outputs(x[is_train], g[is_train]), _desc_outputs(x[~is_train], g[~is_train])
+        new_x, _ = _grouped_descriptors(rng, 10, 40)  # ten new groups of the same lab
+        det = DETECTORS["image_stats"]().fit(train, val)
+        flagged.append(1 - det.is_in_distribution(_desc_outputs(new_x)).mean())
+        plain = DETECTORS["image_stats"]().fit(_desc_outputs(x[is_train]), _desc_outputs(x[~is_train]))
+        flagged_ungrouped.append(1 - plain.is_in_distribution(_desc_outputs(new_x)).mean())
+        # a shifted lab (every descriptor moved by 3 between-group standard deviations)
+        assert 1 - det.is_in_distribution(_desc_outputs(new_x + 3.0)).mean() >= 0.95
+    assert abs(np.mean(flagged) - 0.05) <= 0.04
+    assert np.mean(flagged_ungrouped) > 2 * np.mean(flagged)  # what a within-group quantile pays
+
+
+def test_too_few_groups_fall_back_to_the_validation_quantile():
+    rng = np.random.default_rng(4)
+    x, g = _grouped_descriptors(rng, 3, 60)
+    det = DETECTORS["image_stats"]().fit(_desc_outputs(x[::2], g[::2]),
+                                          _desc_outputs(x[1::2], g[1::2]))
+    assert det.is_in_distribution(_desc_outputs(x[1::2])).mean() == pytest.approx(0.95, abs=0.02)

@@ -10,9 +10,10 @@ fold's validation images (never its test fold):
 * the in-distribution rule: an image is in-distribution only if BOTH an acquisition-level
   detector (default ``image_stats``: colour, stain, background, illumination, sharpness,
   noise and scale statistics of the image; or ``block_moments`` of VGG19 blocks 1-2) AND a
-  semantic detector (default ``knn`` on the head's penultimate features) keep it, each at the
-  thresholds keeping 95% (acquisition) and 97.5% (semantic) of validation images (new
-  acquisition groups); the detectors and shares are set in the profile's [evaluate] section
+  semantic detector (default ``knn`` on the head's penultimate features) keep it, at the
+  thresholds keeping 95% of new acquisition groups of the training lab (acquisition detector:
+  fitted on training + validation images, threshold from leave-one-group-out scores) and
+  97.5% of validation images (semantic detector); the detectors and shares are set in the profile's [evaluate] section
   (``acquisition_detector``, ``semantic_detector``, ``acquisition_keep``, ``semantic_keep``);
 * class-conditional (Mondrian) conformal LAC sets at alpha = 0.1;
 * the acceptance threshold on the calibrated max probability: the lowest one whose
