@@ -242,7 +242,7 @@ def leaderboard_bars(board: pd.DataFrame, path: Path,
 
 
 def nice_metric(metric: str) -> str:
-    return metric.removeprefix("cls_").replace("_", " ")
+    return metric.removeprefix("cls_").replace("_", " ").replace("f1", "F1")
 
 
 def confusion_counts(part: pd.DataFrame) -> np.ndarray:

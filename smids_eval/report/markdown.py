@@ -157,7 +157,8 @@ class Report:
             return board
         if "cls_macro_f1_mean" in board:
             board = board.sort_values("cls_macro_f1_mean", ascending=False, kind="stable")
-        aliases = board.get("aliases", pd.Series("", index=board.index)).fillna("").astype(str)
+        aliases = board.get("aliases", pd.Series(pd.NA, index=board.index))
+        aliases = aliases.astype("string").fillna("")
         keep, covered = [], set()
         for i, variant, setting in zip(board.index, board["variant"], board["setting"],
                                        strict=True):
