@@ -15,9 +15,19 @@ from PIL import Image
 
 from smids_eval import StudyConfig, run_study
 from smids_eval.cli import module_main
+from smids_eval.report import figures as fg
 from smids_eval.report.gradcam import grad_cam, load_fold_model, model_input
 from smids_eval.report.leaderboard import summarise
-from smids_eval.report.markdown import SECTIONS, build_report, run_dataset
+from smids_eval.report.markdown import (
+    GRADCAM_RANDOM_WARNING,
+    SECTIONS,
+    STAIN_HOLD_DROP,
+    Report,
+    build_report,
+    run_dataset,
+    stain_sentence,
+)
+from smids_eval.run_folder import RunFolder
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,10 +56,13 @@ def figure_links(text: str) -> list[str]:
 
 
 def assert_png(path: Path) -> None:
+    """A valid PNG no side of which exceeds the report's pixel limit."""
     assert path.is_file(), path
     assert path.read_bytes()[:8] == PNG_MAGIC, path
     with Image.open(path) as im:
         im.verify()
+    with Image.open(path) as im:
+        assert max(im.size) <= fg.MAX_PX, (path.name, im.size)
 
 
 def make_random_split_sibling(run: Path) -> Path:
@@ -84,8 +97,14 @@ def test_full_report_has_every_section_and_valid_figures(study, tmp_path):
     assert "Tier 1, new acquisition groups" in ood and "per fold:" in ood
     assert "| foreign lab | lab_stained_heads |" in ood and "A folder judged as a batch" in ood
     assert "sel_val_thr" not in found["Selective prediction"]  # named for readers, not columns
+    assert "Normal_Sperm (P / R / F1)" in found["Per-class recall"]
+    assert "computed on each held-out fold and averaged over folds" in found["Calibration"]
+    assert GRADCAM_RANDOM_WARNING in found["Grad-CAM"]  # the tiny run's weights are random
+    stain = next(line for line in found["Accuracy under distribution shift"].splitlines()
+                 if line.startswith("**Under stain change**"))
+    assert re.search(r"(F\.1|A\.0)(\+RF)? \[(specified|tuned)\]", stain), stain
     links = figure_links(text)
-    expected = {"label_distribution", "image_sizes", "leaderboard", "per_class_recall",
+    expected = {"label_distribution", "image_sizes", "leaderboard",
                 "confusion_matrices", "training_curves", "reliability", "risk_coverage",
                 "ood_auroc", "shift_accuracy", "rf_vs_neural", "confident_errors", "gradcam",
                 "grouped_vs_random"}
@@ -176,3 +195,53 @@ def test_intervals_of_proportions_stay_inside_0_1():
     assert row["cls_recall_abnormal_sperm_ci95_low"] == 0.0
     assert row["cls_recall_abnormal_sperm_ci95_high"] == 1.0
     assert row["cal_temperature_ci95_low"] < 0.5  # not a proportion: not clipped
+
+
+def test_reliability_prints_the_calibration_tables_ece(study):
+    """The figure's ECE is the table's statistic: per-fold ECE averaged over folds."""
+    run, _ = study
+    report = Report.load(run)
+    for arm in report.top_arms(with_preds=True):
+        rows = report.folds[(report.folds["variant"] == arm[0])
+                            & (report.folds["setting"] == arm[1])]
+        raw, scaled = fg.fold_mean_ece(report.arm_preds(*arm), report.folds)
+        assert raw == pytest.approx(rows["cal_ece"].mean(), abs=1e-6), arm
+        assert scaled == pytest.approx(rows["cal_ece_ts"].mean(), abs=1e-5), arm
+
+
+def test_save_shrinks_a_large_figure_under_the_pixel_limit(tmp_path):
+    fig, ax = fg._subplots(figsize=(40, 12))
+    ax.plot([0, 1], [0, 1])
+    path = fg.save(fig, tmp_path / "wide.png")
+    with Image.open(path) as im:
+        width, height = im.size
+    assert max(width, height) <= fg.MAX_PX
+    assert width > 0.9 * fg.MAX_PX and 2.5 < width / height < 4.0  # shrunk, not cropped
+
+
+def test_top_arms_skip_alias_duplicates(tmp_path):
+    board = pd.DataFrame({"variant": ["F.2", "F.0", "A.0", "A.0+RF", "F.0"],
+                          "setting": ["tuned", "tuned", "tuned", "tuned", "specified"],
+                          "aliases": [np.nan, "F.2|F.3", np.nan, np.nan, np.nan],
+                          "cls_macro_f1_mean": [0.70, 0.80, 0.75, 0.60, 0.65]})
+    report = Report(run=RunFolder(tmp_path), board=board)
+    assert report.top_arms() == [("F.0", "tuned"), ("A.0", "tuned"), ("F.0", "specified"),
+                                 ("A.0+RF", "tuned")]
+    assert report.top_arms(2, with_rf=False) == [("F.0", "tuned"), ("A.0", "tuned")]
+
+
+def test_stain_sentence_names_the_arms_that_hold():
+    rows = []
+    for variant, clean, strongest in (("A.0", 0.80, 0.78), ("B.0", 0.80, 0.50)):
+        for shift in ("stain", "hed_stain", "jpeg"):
+            rows += [{"variant": variant, "setting": "tuned", "shift": shift, "severity": 0,
+                      "accuracy": clean},
+                     {"variant": variant, "setting": "tuned", "shift": shift, "severity": 3,
+                      "accuracy": strongest if shift == "stain" else clean - 0.4}]
+    text = stain_sentence(pd.DataFrame(rows))
+    assert f"at most {STAIN_HOLD_DROP:.2f} below" in text
+    assert "under stain, A.0 [tuned] hold" in text
+    assert "under hed_stain, none holds (smallest loss: " in text
+    assert "jpeg" not in text and "B.0 [tuned] hold" not in text
+    no_stain = pd.DataFrame(rows)
+    assert "no stain shift" in stain_sentence(no_stain[no_stain["shift"] == "jpeg"])

@@ -33,6 +33,13 @@ NA_PHRASE = "not available in this run"
 RANDOM_SPLIT_SUFFIX = "-random-split"
 LEADERBOARD_METRICS = HEADLINE[:4]
 GALLERY_SIZE = 12
+#: how many of the top distinct arms (by mean macro-F1) each crowded figure shows
+RELIABILITY_ARMS = 3
+RISK_COVERAGE_ARMS = 5
+SHIFT_ARMS = 6
+#: an arm "holds" under a stain shift when its accuracy at the strongest severity is at most
+#: this much below its accuracy on the same crops unshifted
+STAIN_HOLD_DROP = 0.10
 
 
 # --------------------------------------------------------------------------- formatting
@@ -142,6 +149,41 @@ class Report:
         top = [a for a in means.index if means[a] == means.max()]
         return next((a for a in top if a[1] == self.setting), top[0])
 
+    def distinct_board(self, with_rf: bool = True) -> pd.DataFrame:
+        """Leaderboard rows best macro-F1 first, without an arm that a better row already names
+        as the same computation (``aliases``: variant names in the same setting)."""
+        board = self.board
+        if board.empty:
+            return board
+        if "cls_macro_f1_mean" in board:
+            board = board.sort_values("cls_macro_f1_mean", ascending=False, kind="stable")
+        aliases = board.get("aliases", pd.Series(pd.NA, index=board.index))
+        aliases = aliases.astype("string").fillna("")
+        keep, covered = [], set()
+        for i, variant, setting in zip(board.index, board["variant"], board["setting"],
+                                       strict=True):
+            if (variant, setting) in covered or (fg.is_rf(variant) and not with_rf):
+                continue
+            keep.append(i)
+            covered |= {(a, setting) for a in aliases[i].split("|") if a}
+        return board.loc[keep]
+
+    def top_arms(self, n: int | None = None, with_rf: bool = True,
+                 with_preds: bool = False) -> list[tuple[str, str]]:
+        """The ``n`` best distinct arms by mean macro-F1 (all when ``n`` is None), optionally
+        only those with saved predictions."""
+        board = self.distinct_board(with_rf)
+        arms = list(zip(board.get("variant", []), board.get("setting", []), strict=True))
+        if with_preds:
+            arms = [a for a in arms if not self.arm_preds(*a).empty]
+        return arms[:n]
+
+    @property
+    def weights(self) -> str:
+        """``run_weights`` of the neural rows (``random``, ``imagenet…`` or ``unknown``)."""
+        rows = self.neural if not self.neural.empty else self.folds
+        return str(rows["run_weights"].iloc[0]) if "run_weights" in rows and len(rows) else "unknown"
+
     def arm_preds(self, variant: str, setting: str) -> pd.DataFrame:
         if self.preds.empty:
             return self.preds
@@ -193,7 +235,7 @@ def _markdown_figure(report: Report, path: Path, caption: str) -> str:
 def provenance(r: Report) -> list[str]:
     first = r.folds.iloc[0] if not r.folds.empty else pd.Series(dtype=object)
     cols = r.neural.iloc[0] if not r.neural.empty else first
-    weights = str(cols.get("run_weights", "unknown"))
+    weights = r.weights
     if weights == "random":
         weights_text = "random initialisation, NOT ImageNet-pretrained"
     elif weights.startswith("imagenet"):
@@ -259,7 +301,7 @@ def leaderboard(r: Report) -> list[str]:
             cells["tied with best"] = ("yes" if str(row["tied_with_best"]).lower() in
                                        ("true", "1", "1.0") else "")
         rows.append(cells)
-    fig = fg.leaderboard_bars(r.board, r.figure("leaderboard"))
+    fig = fg.leaderboard_bars(r.distinct_board(), r.figure("leaderboard"))
     return (["Mean ± std over outer folds (of every repeat) [95% interval with the "
              "Nadeau–Bengio correction for overlapping training sets, clipped to [0, 1] for "
              "proportions and then marked ‡]; recall on Abnormal_Sperm "
@@ -272,21 +314,29 @@ def leaderboard(r: Report) -> list[str]:
 
 
 def per_class(r: Report) -> list[str]:
-    if r.board.empty:
+    board = r.distinct_board()
+    if board.empty:
         return na("leaderboard.csv is missing")
-    cols = {c: f"cls_recall_{s}_mean" for c, s in zip(CLASSES, fg.SLUGS, strict=True)}
-    table = r.board[["variant", "setting"]].copy()
-    for c, col in cols.items():
-        table[c] = r.board.get(col, np.nan)
-    fig = fg.per_class_recall(r.board, r.figure("per_class_recall"))
-    return md_table(table) + [_markdown_figure(r, fig, "per-class recall"), ""]
+    table = board[["variant", "setting"]].copy()
+    for name, slug in zip(CLASSES, fg.SLUGS, strict=True):
+        table[f"{name} (P / R / F1)"] = [" / ".join(fmt(row.get(f"cls_{m}_{slug}_mean", np.nan))
+                                  for m in ("precision", "recall", "f1"))
+                       for _, row in board.iterrows()]
+    return (["Precision / recall / F1 of each class (one class against the other two), mean "
+             "over outer folds; best macro-F1 first.", ""] + md_table(table))
 
 
 def confusion(r: Report) -> list[str]:
     if not any(c.startswith("cls_cm_") for c in r.folds.columns):
         return na("folds.csv has no confusion counts")
-    fig = fg.confusion_matrices(r.folds, r.figure("confusion_matrices"))
-    return ["Rows: true class, normalised to 1; counts summed over outer folds.", "",
+    best = r.best_arm()
+    present = set(zip(r.folds["variant"], r.folds["setting"], strict=True))
+    arms = [a for a in [best, *r.top_arms()] if a in present]
+    arms = list(dict.fromkeys(arms)) or sorted(present)
+    fig = fg.confusion_matrices(r.folds, arms, r.figure("confusion_matrices"))
+    return [f"Left: the best arm by macro-F1, {fg.arm(*arms[0])}, with crop counts summed over "
+            f"the outer folds and the fraction of each true class (rows sum to 1). Right: the "
+            f"other distinct arms, row fractions only, best macro-F1 first.", "",
             _markdown_figure(r, fig, "confusion matrices"), ""]
 
 
@@ -303,12 +353,17 @@ def calibration(r: Report) -> list[str]:
     table = (r.folds.groupby(["variant", "setting"])
              [[c for c in ("cal_ece", "cal_ece_ts", "cal_temperature") if c in r.folds]]
              .mean().reset_index())
-    out = ["ECE (15 bins) of the raw softmax and after temperature scaling fitted on the inner "
-           "validation split; mean over folds.", ""] + md_table(table)
-    arms = [a for a in r.arms() if not r.arm_preds(*a).empty]
+    out = ["**ECE** (expected calibration error) here and in the figure: the top-label ECE over "
+           "15 equal-width confidence bins, computed on each held-out fold and averaged over "
+           "folds; raw softmax and after the temperature fitted on the inner validation split.",
+           ""] + md_table(table)
+    arms = r.top_arms(RELIABILITY_ARMS, with_rf=False, with_preds=True)
     if arms and "cal_temperature" in r.folds:
         fig = fg.reliability(r.preds, r.folds, arms, r.figure("reliability"))
-        out += [_markdown_figure(r, fig, "reliability diagrams"), ""]
+        out += [f"Reliability of the {len(arms)} best distinct arms by macro-F1: accuracy per "
+                f"confidence bin (held-out folds pooled) raw and temperature-scaled, above the "
+                f"number of crops per confidence.", "",
+                _markdown_figure(r, fig, "reliability diagrams"), ""]
     else:
         out += ["Reliability diagrams: " + NA_PHRASE + " (no predictions/ files).", ""]
     return out
@@ -354,10 +409,17 @@ def selective(r: Report) -> list[str]:
            f"oracle coverage picks its threshold on the test labels themselves. Counts are summed "
            f"over the held-out folds.", ""]
     out += md_table(pd.DataFrame(rows))
-    arms = [a for a in r.arms(with_rf=True) if not r.arm_preds(*a).empty]
+    arms = r.top_arms(RISK_COVERAGE_ARMS, with_preds=True)
     if arms:
-        fig = fg.risk_coverage(r.preds, arms, r.figure("risk_coverage"), target)
-        out += [_markdown_figure(r, fig, "risk-coverage"), ""]
+        points = {}
+        if {"sel_val_thr_coverage_msp", "sel_val_thr_risk_msp"} <= set(r.folds):
+            for (variant, setting), part in r.folds.groupby(["variant", "setting"]):
+                points[(variant, setting)] = (part["sel_val_thr_coverage_msp"].mean(),
+                                              part["sel_val_thr_risk_msp"].mean())
+        fig = fg.risk_coverage(r.preds, arms, r.figure("risk_coverage"), target, points)
+        out += [f"Risk–coverage of the {len(arms)} best distinct arms by macro-F1; each marker "
+                f"is the arm's validation-threshold operating point (mean coverage and risk over "
+                f"folds, as in the table).", "", _markdown_figure(r, fig, "risk-coverage"), ""]
     return out
 
 
@@ -396,6 +458,8 @@ def conformal(r: Report) -> list[str]:
 
 #: OOD evaluation tiers of the report, by set name (``fold.FoldRunner._evaluate``)
 def ood_tier(name: str) -> str:
+    if name == "heldout":
+        return "new acquisition groups"
     if name.startswith("lab_") or name == "user":
         return "foreign lab"
     if name in ("textures", "natural"):
@@ -447,10 +511,16 @@ def ood(r: Report) -> list[str]:
                 f"({int(part['batch_heldout_batches'].sum())} batches); share of folds flagging "
                 + ", ".join(f"{name} {fmt(float((p < 0.01).mean()), 2)}" for name, p in labs.items())
                 + ".", ""]
-    fig = fg.ood_heatmap(table, f"OOD AUROC, {fg.arm(*best)}", r.figure("ood_auroc"))
+    fig = fg.ood_heatmap(table, fg.ood_table(part, "fpr95"),
+                         {name: ood_tier(name) for name in table.index},
+                         f"OOD detection, {fg.arm(*best)} (mean over folds)",
+                         r.figure("ood_auroc"))
     worst = table.min(axis=0).sort_values(ascending=False)
-    out += ["Detection AUROC per detector and set (held-out fold = in-distribution). A mean "
-            "hides the sets a detector misses: worst-set AUROC per detector "
+    out += ["Detection AUROC (left, 0.5 = chance, below 0.5 = the detector ranks the wrong way) "
+            "and false-positive rate at 95% true-positive rate (right, blank where the set was "
+            "not scored at full detail) per detector and set, grouped by tier (held-out fold = "
+            "in-distribution). A mean hides the sets a detector misses: worst-set AUROC per "
+            "detector "
             + ", ".join(f"{d} {fmt(v, 2)}" for d, v in worst.items()) + ".", "",
             _markdown_figure(r, fig, "OOD AUROC"), ""]
     return out + md_table(table.reset_index())
@@ -463,12 +533,53 @@ def shifts(r: Report) -> list[str]:
     table = pd.concat([table, rf], ignore_index=True).drop_duplicates()
     if table.empty:
         return na("no shift columns")
-    fig = fg.shift_accuracy(table, r.figure("shift_accuracy"))
+    present = set(zip(table["variant"], table["setting"], strict=True))
+    shown = [a for a in r.top_arms() if a in present][:SHIFT_ARMS] or sorted(present)[:SHIFT_ARMS]
+    rank = pd.Series(list(zip(table["variant"], table["setting"], strict=True)),
+                     index=table.index).map({a: i for i, a in enumerate(shown)})
+    fig = fg.shift_accuracy(table[rank.notna()].loc[rank.dropna().sort_values(kind="stable").index],
+                            r.figure("shift_accuracy"))
     worst = table[table["severity"] == table["severity"].max()]
     pivot = worst.pivot_table(index=["variant", "setting"], columns="shift", values="accuracy")
-    return ([_markdown_figure(r, fig, "shift accuracy"), "",
-             f"Accuracy at the strongest severity ({table['severity'].max()}):", ""]
+    return ([stain_sentence(table), "",
+             f"The figure shows the {len(shown)} best distinct arms by macro-F1 "
+             f"(at most {SHIFT_ARMS}).", "", _markdown_figure(r, fig, "shift accuracy"), "",
+             f"Accuracy at the strongest severity ({table['severity'].max()}), every arm:", ""]
             + md_table(pivot.reset_index()))
+
+
+def stain_drops(table: pd.DataFrame) -> pd.DataFrame:
+    """Per stain-type shift and arm: unshifted accuracy minus accuracy at the strongest
+    severity (columns shift, variant, setting, drop)."""
+    stain = table[table["shift"].str.contains("stain")]
+    rows = []
+    for (shift, variant, setting), part in stain.groupby(["shift", "variant", "setting"]):
+        clean = part.loc[part["severity"] == 0, "accuracy"]
+        strongest = part.loc[part["severity"] == part["severity"].max(), "accuracy"]
+        if len(clean) and len(strongest) and part["severity"].max() > 0:
+            rows.append({"shift": shift, "variant": variant, "setting": setting,
+                         "drop": float(clean.iloc[0] - strongest.iloc[0])})
+    return pd.DataFrame(rows, columns=["shift", "variant", "setting", "drop"])
+
+
+def stain_sentence(table: pd.DataFrame) -> str:
+    """Which arms hold (lose at most ``STAIN_HOLD_DROP`` accuracy) under each stain change."""
+    drops = stain_drops(table)
+    if drops.empty:
+        return "**Under stain change:** no stain shift was evaluated in this run."
+    parts = []
+    for shift, part in drops.groupby("shift"):
+        part = part.sort_values("drop")
+        held = [fg.arm(v, s) for v, s, d in zip(part["variant"], part["setting"], part["drop"],
+                                                 strict=True) if d <= STAIN_HOLD_DROP]
+        first = part.iloc[0]
+        if held:
+            parts.append(f"under {shift}, {', '.join(held)} hold")
+        else:
+            parts.append(f"under {shift}, none holds (smallest loss: "
+                         f"{fg.arm(first['variant'], first['setting'])}, {fmt(first['drop'])})")
+    return (f"**Under stain change** (accuracy at the strongest severity at most "
+            f"{STAIN_HOLD_DROP:.2f} below the same crops unshifted): " + "; ".join(parts) + ".")
 
 
 def rf_head(r: Report) -> list[str]:
@@ -536,12 +647,16 @@ def gallery(r: Report) -> list[str]:
     errors = preds[(preds["label"] != preds["predicted"]) & preds["path"].isin(index)]
     if errors.empty:
         return ["No misclassified crops among the held-out predictions.", ""]
-    errors = errors.assign(conf=fg.prob_matrix(errors).max(1))
+    calibrated = fg.calibrated_probs(errors, r.folds)
+    errors = errors.assign(conf=calibrated.max(1), **{
+        f"cal_prob_{s}": calibrated[:, i] for i, s in enumerate(fg.SLUGS)})
     errors = errors.sort_values("conf", ascending=False).head(GALLERY_SIZE)
     images = r.dataset.images[[index[p] for p in errors["path"]]]
     fig = fg.confident_errors(errors, images, r.figure("confident_errors"))
-    return [f"{fg.arm(*best)}: misclassified held-out crops with the highest predicted "
-            f"probability.", "", _markdown_figure(r, fig, "confident errors"), ""]
+    return [f"{fg.arm(*best)}: misclassified held-out crops with the highest calibrated "
+            f"probability (softmax after the fold's temperature scaling, as `predict` reports "
+            f"it), titled with their file names.", "",
+            _markdown_figure(r, fig, "confident errors"), ""]
 
 
 def gradcam(r: Report) -> list[str]:
@@ -571,10 +686,21 @@ def gradcam(r: Report) -> list[str]:
     titles = [f"true {t}\npred {CLASSES[k]} ({p.max():.2f})"
               for t, k, p in zip(chosen["label"], probs.argmax(1), probs, strict=True)]
     shown = images.mean(axis=-1) if variant.channels == "grey" else images
+    random = r.weights == "random"
+    heading = f"Grad-CAM, {fg.arm(*best)}, fold {fold}"
     fig = fg.gradcam_grid(shown, cams, titles, r.figure("gradcam"),
-                          f"Grad-CAM, {fg.arm(*best)}, fold {fold}")
-    return [f"Grad-CAM on the last conv layer for the predicted class, {len(chosen)} held-out "
-            f"crops of fold {fold}.", "", _markdown_figure(r, fig, "Grad-CAM"), ""]
+                          heading + ("\nrandom weights, not ImageNet: read with care" if random
+                                     else ""))
+    out = [GRADCAM_RANDOM_WARNING, ""] if random else []
+    return out + [f"Grad-CAM on the last conv layer for the predicted class, {len(chosen)} "
+                  f"held-out crops of fold {fold}; the colour bar is the relevance, scaled to 1 "
+                  f"per image.", "", _markdown_figure(r, fig, "Grad-CAM"), ""]
+
+
+GRADCAM_RANDOM_WARNING = (
+    "> **Warning:** this run's networks started from random weights, not ImageNet. Grad-CAM "
+    "then shows where a small, briefly trained network looks, not which sperm morphology it "
+    "has learnt: do not read these maps as evidence about the cells.")
 
 
 def random_split(r: Report) -> list[str]:
@@ -597,7 +723,7 @@ def random_split(r: Report) -> list[str]:
                          "random": f"{fmt(s.mean())} ± {fmt(s.std())}",
                          "optimism (random − grouped)": s.mean() - g.mean()})
             if (variant, setting) == shared[0]:
-                long += [{"metric": nice(metric), "split": "donor-grouped", "value": v} for v in g]
+                long += [{"metric": nice(metric), "split": "grouped", "value": v} for v in g]
                 long += [{"metric": nice(metric), "split": "random", "value": v} for v in s]
     fig = fg.grouped_vs_random(pd.DataFrame(long), r.figure("grouped_vs_random"))
     return ([f"The same variants under donor-grouped folds and under a plain stratified split "
