@@ -26,6 +26,7 @@ from ..toml import load_toml
 from . import figures as fg
 from .glance import at_a_glance, limits
 from .leaderboard import HEADLINE
+from .published import CAVEAT, published_table
 
 log = logging.getLogger(__name__)
 NA = "_Not available in this run_"
@@ -607,6 +608,13 @@ def random_split(r: Report) -> list[str]:
                _markdown_figure(r, fig, "grouped vs random split"), ""])
 
 
+def published(r: Report, path=None) -> list[str]:
+    """SMIDS papers' accuracy / F1 (``studies/published_smids.toml``) beside this run's."""
+    table, sources = published_table(r, path)
+    return ([CAVEAT, "", "This suite: mean ± std over outer folds. Papers: as published.", ""]
+            + md_table(table) + ["Sources:", ""] + sources + [""])
+
+
 def throughput(r: Report) -> list[str]:
     if r.throughput_json is None or not r.throughput_json.is_file():
         return na("no pytest-benchmark JSON given")
@@ -649,7 +657,8 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Out-of-distribution detection", ood), ("Accuracy under distribution shift", shifts),
     ("Neural head vs random-forest head", rf_head), ("Significant comparisons", comparisons),
     ("Most confident errors", gallery), ("Grad-CAM", gradcam),
-    ("Grouped vs random split", random_split), ("Throughput", throughput),
+    ("Grouped vs random split", random_split), ("Published results", published),
+    ("Throughput", throughput),
     ("Cost of this run", cost),
 ]
 
@@ -682,3 +691,4 @@ def build_report(run_dir, dataset=None, random_split_run=None, throughput_json=N
     report.run.figures.mkdir(parents=True, exist_ok=True)
     write_text(report.run.report, render(report))
     return report.run.report
+
