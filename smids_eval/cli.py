@@ -121,7 +121,8 @@ def add_predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files and/or folders (searched recursively)")
     p.add_argument("--run", required=True, metavar="RUN_DIR",
-                   help="run folder written by python -m smids_eval.study (holds models/)")
+                   help="run folder written by python -m smids_eval.study (holds models/), or "
+                   "the study's --out folder when it holds one run")
     p.add_argument("--variant", required=True, metavar="NAME",
                    help="variant whose models to use, e.g. F.1 (an unknown name lists the run's)")
     p.add_argument("--setting", choices=PREDICT_SETTINGS, default="tuned",
@@ -167,7 +168,7 @@ def _predict(args) -> int:
     predictor = Predictor(args.run, args.variant, args.setting, _parse_fold(args.fold),
                           args.device, args.weights_file, repeat=args.repeat)
     frame = predictor.predict_paths(args.paths, batch=args.batch)
-    out = Path(args.out) if args.out else RunFolder(Path(args.run)).predict_csv(args.variant)
+    out = Path(args.out) if args.out else RunFolder(predictor.run).predict_csv(args.variant)
     write_csv(out, frame)
     batch = predictor.batch_result
     if batch is not None:
