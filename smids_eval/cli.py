@@ -67,6 +67,9 @@ def add_study_options(p: argparse.ArgumentParser, out_default: str = "results") 
                    help="print what the run would do (variants × settings × folds, results "
                    "already done, trials, epochs, feature caches) and an ETA from a few seconds' "
                    "throughput probe; trains nothing, writes nothing")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write RUN/report.md nor print its 'At a glance' block at the end "
+                   "(python -m smids_eval.report RUN writes it later)")
 
 
 def study_config(args: argparse.Namespace):
@@ -86,12 +89,23 @@ def study_config(args: argparse.Namespace):
         progress=not args.no_progress, plan_only=args.plan)
 
 
+def _print_summary(published) -> None:
+    """The report's 'At a glance' block on stdout, after the report's path on stderr."""
+    if published is not None:
+        path, summary = published
+        print(f"report: {path}", file=sys.stderr)
+        print(summary)
+
+
 def _study(args) -> int:
+    from .report.markdown import publish_report
     from .study import run_study
 
     result = run_study(study_config(args))
     if args.plan:
         print(result.describe())
+    elif not args.no_report:  # a failed report is logged; the study's results stand (exit 0)
+        _print_summary(publish_report(result.run.root, dataset=result.context.dataset))
     return 0
 
 
@@ -105,9 +119,12 @@ def add_benchmark_options(p: argparse.ArgumentParser) -> None:
 def _benchmark(args) -> int:
     from .benchmark import run_benchmark
 
-    result = run_benchmark(study_config(args), throughput=not args.no_throughput)
+    result = run_benchmark(study_config(args), throughput=not args.no_throughput,
+                           report=not args.no_report)
     if args.plan:
         print("\n".join(plan.describe() for plan in result))
+    else:  # once, at the very end, for the grouped run (with its random-split twin)
+        _print_summary(result.published)
     return 0
 
 

@@ -692,3 +692,15 @@ def build_report(run_dir, dataset=None, random_split_run=None, throughput_json=N
     write_text(report.run.report, render(report))
     return report.run.report
 
+
+def publish_report(run_dir, dataset=None, random_split_run=None, throughput_json=None
+                   ) -> tuple[Path, str] | None:
+    """``build_report`` then the at-a-glance block, for the end of a study or benchmark; a
+    failure logs one line and returns None, since the run's results are already saved."""
+    try:
+        path = build_report(run_dir, dataset, random_split_run, throughput_json)
+        return path, summary_text(run_dir, random_split_run=random_split_run)
+    except Exception as exc:  # noqa: BLE001 - the report must never cost the finished folds
+        log.error("report not written (%s: %s); the results in %s are saved: rerun "
+                  "python -m smids_eval.report %s", type(exc).__name__, exc, run_dir, run_dir)
+        return None
