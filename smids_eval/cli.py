@@ -67,6 +67,9 @@ def add_study_options(p: argparse.ArgumentParser, out_default: str = "results") 
                    help="print what the run would do (variants × settings × folds, results "
                    "already done, trials, epochs, feature caches) and an ETA from a few seconds' "
                    "throughput probe; trains nothing, writes nothing")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write RUN/report.md nor print its 'At a glance' block at the end "
+                   "(python -m smids_eval.report RUN writes it later)")
 
 
 def study_config(args: argparse.Namespace):
@@ -86,12 +89,23 @@ def study_config(args: argparse.Namespace):
         progress=not args.no_progress, plan_only=args.plan)
 
 
+def _print_summary(published) -> None:
+    """The report's 'At a glance' block on stdout, after the report's path on stderr."""
+    if published is not None:
+        path, summary = published
+        print(f"report: {path}", file=sys.stderr)
+        print(summary)
+
+
 def _study(args) -> int:
+    from .report.markdown import publish_report
     from .study import run_study
 
     result = run_study(study_config(args))
     if args.plan:
         print(result.describe())
+    elif not args.no_report:  # a failed report is logged; the study's results stand (exit 0)
+        _print_summary(publish_report(result.run.root, dataset=result.context.dataset))
     return 0
 
 
@@ -105,9 +119,12 @@ def add_benchmark_options(p: argparse.ArgumentParser) -> None:
 def _benchmark(args) -> int:
     from .benchmark import run_benchmark
 
-    result = run_benchmark(study_config(args), throughput=not args.no_throughput)
+    result = run_benchmark(study_config(args), throughput=not args.no_throughput,
+                           report=not args.no_report)
     if args.plan:
         print("\n".join(plan.describe() for plan in result))
+    else:  # once, at the very end, for the grouped run (with its random-split twin)
+        _print_summary(result.published)
     return 0
 
 
@@ -121,7 +138,8 @@ def add_predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files and/or folders (searched recursively)")
     p.add_argument("--run", required=True, metavar="RUN_DIR",
-                   help="run folder written by python -m smids_eval.study (holds models/)")
+                   help="run folder written by python -m smids_eval.study (holds models/), or "
+                   "the study's --out folder when it holds one run")
     p.add_argument("--variant", required=True, metavar="NAME",
                    help="variant whose models to use, e.g. F.1 (an unknown name lists the run's)")
     p.add_argument("--setting", choices=PREDICT_SETTINGS, default="tuned",
@@ -167,7 +185,7 @@ def _predict(args) -> int:
     predictor = Predictor(args.run, args.variant, args.setting, _parse_fold(args.fold),
                           args.device, args.weights_file, repeat=args.repeat)
     frame = predictor.predict_paths(args.paths, batch=args.batch)
-    out = Path(args.out) if args.out else RunFolder(Path(args.run)).predict_csv(args.variant)
+    out = Path(args.out) if args.out else RunFolder(predictor.run).predict_csv(args.variant)
     write_csv(out, frame)
     batch = predictor.batch_result
     if batch is not None:

@@ -8,6 +8,7 @@ corrupts a finished fold. Nothing outside this module spells a path inside a run
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, fields
@@ -24,6 +25,7 @@ from .tomlw import dumps
 
 #: per-fold file stem: repeat r of the group-to-fold assignment, outer fold k, setting
 _FOLD_FILE = re.compile(r"r(\d+)-fold(\d+)-(.+)")
+log = logging.getLogger(__name__)
 
 
 def fold_stem(repeat: int, fold: int, setting: str) -> str:
@@ -250,6 +252,27 @@ class RunFolder:
                                   f"available folds: {', '.join(map(str, sorted(folds)))} or all")
             return [folds[fold]]
         return [folds[k] for k in sorted(folds)]
+
+    def is_run(self) -> bool:
+        """A study wrote this folder (its ``config.toml`` or ``models/`` is there)."""
+        return self.config.is_file() or (self.root / "models").is_dir()
+
+    @classmethod
+    def locate(cls, path: str | Path) -> RunFolder:
+        """``path`` when it is a run folder (or holds none); the one run folder inside it (a
+        study's ``--out`` folder holding one run); a ConfigError naming them when it holds
+        several, so that ``predict --run results`` does not guess."""
+        run = cls(Path(path))
+        if run.is_run() or not run.root.is_dir():
+            return run
+        inside = sorted(p for p in run.root.iterdir() if p.is_dir() and cls(p).is_run())
+        if len(inside) > 1:
+            raise ConfigError(f"{run.root} holds runs {', '.join(p.name for p in inside)}: "
+                              f"pass one of them to --run")
+        if inside:
+            log.info("%s is not a run folder; using the run inside it: %s", run.root, inside[0])
+            return cls(inside[0])
+        return run
 
     @staticmethod
     def load_model(path: Path) -> SavedFold:

@@ -14,7 +14,7 @@ from smids_eval.report.markdown import SECTIONS
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
 
 
-def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path):
+def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path, capsys):
     out = tmp_path / "results"
     args = ["--profile", TINY, "--variant", "B.0", "--variant", "F.0", "--settings", "specified",
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
@@ -33,6 +33,10 @@ def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path):
     for fig in figures:
         assert (grouped / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     assert "section failed" not in report
+    # the 'At a glance' block is printed once, at the end, for the grouped run and its twin
+    printed = capsys.readouterr().out
+    assert printed.count("At a glance:") == 1 and printed.startswith(grouped.name)
+    assert "Grouping optimism" in printed
     # the optimism comparison ran the profile's variant under a plain stratified split
     rfolds = pd.read_csv(random_split / "folds.csv")
     assert set(rfolds["variant"]) == {"F.0"} and (rfolds["run_split"] == "random").all()

@@ -182,3 +182,25 @@ def test_foreign_lab_noise_blank_and_tiny_images_are_referred_as_ood(run, tmp_pa
                                    str(tmp_path / "grey_phase")]) == 0
     assert "does NOT look like" in capsys.readouterr().err
     assert json.loads(out.with_name("lab.csv.batch.json").read_text())["p_value"] < 0.01
+
+
+def test_run_may_be_the_out_folder_holding_one_run(run, inputs, tmp_path, capsys, caplog):
+    """``--run`` given the study's ``--out`` folder: its one run is used (and logged); with two
+    runs inside, exit 2 and a line naming both."""
+    run_dir, _ = run
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / run_dir.name).symlink_to(run_dir, target_is_directory=True)
+    (out / "notes").mkdir()  # a folder that is no run is not counted
+    made = run_dir / "predict-A.0.csv"
+    made.unlink(missing_ok=True)
+    with caplog.at_level("INFO", logger="smids_eval.run_folder"):
+        assert module_main("predict", ["--run", str(out), "--variant", "A.0", str(inputs)]) == 0
+    assert f"using the run inside it: {out / run_dir.name}" in caplog.text
+    assert made.is_file() and not (out / "predict-A.0.csv").exists()
+    assert len(pd.read_csv(made)) == 8
+    (out / "other-run").mkdir()
+    (out / "other-run" / "config.toml").write_text('run = "other-run"\n')
+    assert module_main("predict", ["--run", str(out), "--variant", "A.0", str(inputs)]) == 2
+    names = ", ".join(sorted(["other-run", run_dir.name]))
+    assert f"{out} holds runs {names}: pass one of them to --run" in capsys.readouterr().err

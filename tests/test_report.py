@@ -245,3 +245,58 @@ def test_stain_sentence_names_the_arms_that_hold():
     assert "jpeg" not in text and "B.0 [tuned] hold" not in text
     no_stain = pd.DataFrame(rows)
     assert "no stain shift" in stain_sentence(no_stain[no_stain["shift"] == "jpeg"])
+
+
+PUBLISHED = """
+[[result]]
+label = "Paper A"
+citation = "A, B & C, J. Test 1:1"
+year = 2020
+model = "some CNN"
+metric = "accuracy"
+value = 91.25
+split = "random"
+source_note = "abstract, table 2"
+
+[[result]]
+label = "Paper B"
+citation = "D, J. Test 2:2"
+year = 2022
+model = "another CNN"
+metric = "macro_f1"
+split = "unspecified"
+source_note = "full text not read"
+"""
+
+
+def test_published_results_sit_beside_this_run_and_are_not_comparable(study, tmp_path):
+    """The section renders the TOML's rows (value, split) beside this run's best arm and its
+    random-split twin; the shipped file names a split protocol and a source for every entry."""
+    from smids_eval.errors import ConfigError
+    from smids_eval.report.markdown import Report, published
+    from smids_eval.report.published import SPLITS, load_published
+
+    run, _ = study
+    shipped = load_published()
+    assert shipped and all(e["split"] in SPLITS and e["source_note"] for e in shipped)
+    default = "\n".join(published(Report.load(run)))
+    for e in shipped:
+        row = next(line for line in default.splitlines() if line.startswith(f"| {e['label']} |"))
+        assert f"| {e['split']} |" in row and f"{e['value']:g}" in row
+    toml = tmp_path / "published.toml"
+    toml.write_text(PUBLISHED)
+    sibling = make_random_split_sibling(run)
+    text = "\n".join(published(Report.load(run, random_split_run=sibling), toml))
+    assert "not comparable" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| random | 91.25 |  |" in rows["Paper A"]
+    assert "| unspecified |  | value not verified offline |" in rows["Paper B"]
+    folds = pd.read_csv(run / "folds.csv")
+    best = Report.load(run).best_arm()
+    arm = folds[(folds.variant == best[0]) & (folds.setting == best[1])]
+    assert f"| {100 * arm['cls_accuracy'].mean():.1f} ± " in rows["this run, best arm"]
+    twin = folds[(folds.variant == best[0]) & (folds.setting == best[1])]["cls_accuracy"] + 0.1
+    assert f"| {100 * twin.mean():.1f} ± " in text  # the twin's row (accuracy + 0.1 here)
+    toml.write_text(PUBLISHED.replace('"unspecified"', '"grouped"'))
+    with pytest.raises(ConfigError, match="split 'grouped'"):
+        load_published(toml)

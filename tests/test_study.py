@@ -341,3 +341,31 @@ def test_data_source_is_recorded_structurally_and_not_part_of_identity(finished_
     (moved / run.name / "config.toml").write_text(text)
     with pytest.raises(Exception, match="made with other settings"):
         run_study(config.replace(out=str(moved)))
+
+
+def test_cli_study_writes_the_report_and_prints_its_block(finished_run, cache_dir, capsys,
+                                                          caplog):
+    """The study's last step: report.md and the 'At a glance' block on stdout; --no-report
+    skips both; a report that cannot be written is one logged line, exit 0, results kept."""
+    from smids_eval.report.markdown import summary_text
+
+    out, run, _ = finished_run
+    args = ["--profile", TINY, "--variant", "F.1", "--variant", "A.0", "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--seed", "3"]
+    report = run / "report.md"
+    report.unlink(missing_ok=True)
+    assert module_main("study", [*args, "--no-report"]) == 0
+    assert not report.exists() and capsys.readouterr().out == ""
+    assert module_main("study", args) == 0
+    printed = capsys.readouterr().out
+    assert report.is_file() and "## Published results" in report.read_text()
+    assert printed == summary_text(run) + "\n" and "At a glance:" in printed
+    report.unlink()
+    report.mkdir()  # report.md cannot be written
+    with caplog.at_level("ERROR", logger="smids_eval.report.markdown"):
+        assert module_main("study", args) == 0
+    failed = [r.getMessage() for r in caplog.records if r.name == "smids_eval.report.markdown"]
+    assert len(failed) == 1 and "report not written" in failed[0] and "are saved" in failed[0]
+    assert capsys.readouterr().out == ""
+    assert len(pd.read_csv(run / "folds.csv")) == 12
+    report.rmdir()

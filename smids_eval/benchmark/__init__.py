@@ -5,7 +5,8 @@
 2. the profile's ``optimism_variant`` again under a plain stratified split, to show the optimism
    that grouping removes;
 3. the pytest-benchmark throughput suite (JSON saved in the run folder);
-4. the report (``report.md`` + figures) and the leaderboard CSVs.
+4. the report (``report.md`` + figures) of the grouped run, with the twin's comparison
+   (``report=False``: none; a failed report is logged and the results stand).
 
 The study's ``timings.json`` then covers the whole job (its stages: the study's, plus
 ``random_split``, ``throughput`` and ``report``). With ``--plan`` nothing runs: the plans of the
@@ -36,8 +37,12 @@ class BenchmarkResult:
     study: StudyResult
     random_split: StudyResult | None
     throughput_json: Path | None
-    report: Path
+    published: tuple[Path, str] | None  # report.md and its 'At a glance' text; None: not written
     minutes: float
+
+    @property
+    def report(self) -> Path | None:
+        return self.published[0] if self.published else None
 
 
 def run_throughput(json_path: Path) -> Path | None:
@@ -73,11 +78,11 @@ def plan_benchmark(config: StudyConfig) -> list[StudyPlan]:
     return plans
 
 
-def run_benchmark(config: StudyConfig, throughput: bool = True
+def run_benchmark(config: StudyConfig, throughput: bool = True, report: bool = True
                   ) -> BenchmarkResult | list[StudyPlan]:
     """The study, its random-split twin, the throughput suite and the report (with
     ``config.plan_only``: their plans only)."""
-    from ..report.markdown import build_report
+    from ..report.markdown import publish_report
 
     if config.plan_only:
         return plan_benchmark(config)
@@ -99,11 +104,15 @@ def run_benchmark(config: StudyConfig, throughput: bool = True
     if ctx.profile.benchmark.throughput and throughput:
         with timer.stage("throughput"):
             throughput_json = run_throughput(study.run.throughput.resolve())
-    with timer.stage("report"):
-        report = build_report(study.run.root, dataset=ctx.dataset,
-                              random_split_run=random_split.run.root if random_split else None,
-                              throughput_json=throughput_json)
+    published = None
+    if report:
+        with timer.stage("report"):
+            published = publish_report(
+                study.run.root, dataset=ctx.dataset,
+                random_split_run=random_split.run.root if random_split else None,
+                throughput_json=throughput_json)
     study.run.write_timings(cost.record())
     minutes = timer.wall() / 60
-    log.info("benchmark done in %.1f min: %s", minutes, report)
-    return BenchmarkResult(study, random_split, throughput_json, report, minutes)
+    log.info("benchmark done in %.1f min: %s", minutes,
+             published[0] if published else study.run.root)
+    return BenchmarkResult(study, random_split, throughput_json, published, minutes)

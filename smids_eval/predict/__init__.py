@@ -157,7 +157,8 @@ class Predictor:
     def __init__(self, run: str | Path, variant: str, setting: str = "tuned",
                  fold: int | None = None, device: str = "auto", weights_file: str | None = None,
                  repeat: int = 0):
-        self.run, self.variant, self.setting = Path(run), variant, setting
+        self.run = RunFolder.locate(run).root  # an --out folder holding one run: that run
+        self.variant, self.setting = variant, setting
         self.paths = RunFolder(self.run).model_files(variant, setting, fold, repeat)
         self.models = [RunFolder.load_model(p) for p in self.paths]
         engines: dict[tuple, Engine] = {}

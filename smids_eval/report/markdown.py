@@ -26,6 +26,7 @@ from ..toml import load_toml
 from . import figures as fg
 from .glance import at_a_glance, limits
 from .leaderboard import HEADLINE
+from .published import CAVEAT, published_table
 
 log = logging.getLogger(__name__)
 NA = "_Not available in this run_"
@@ -733,6 +734,13 @@ def random_split(r: Report) -> list[str]:
                _markdown_figure(r, fig, "grouped vs random split"), ""])
 
 
+def published(r: Report, path=None) -> list[str]:
+    """SMIDS papers' accuracy / F1 (``studies/published_smids.toml``) beside this run's."""
+    table, sources = published_table(r, path)
+    return ([CAVEAT, "", "This suite: mean ± std over outer folds. Papers: as published.", ""]
+            + md_table(table) + ["Sources:", ""] + sources + [""])
+
+
 def throughput(r: Report) -> list[str]:
     if r.throughput_json is None or not r.throughput_json.is_file():
         return na("no pytest-benchmark JSON given")
@@ -775,7 +783,8 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Out-of-distribution detection", ood), ("Accuracy under distribution shift", shifts),
     ("Neural head vs random-forest head", rf_head), ("Significant comparisons", comparisons),
     ("Most confident errors", gallery), ("Grad-CAM", gradcam),
-    ("Grouped vs random split", random_split), ("Throughput", throughput),
+    ("Grouped vs random split", random_split), ("Published results", published),
+    ("Throughput", throughput),
     ("Cost of this run", cost),
 ]
 
@@ -808,3 +817,16 @@ def build_report(run_dir, dataset=None, random_split_run=None, throughput_json=N
     report.run.figures.mkdir(parents=True, exist_ok=True)
     write_text(report.run.report, render(report))
     return report.run.report
+
+
+def publish_report(run_dir, dataset=None, random_split_run=None, throughput_json=None
+                   ) -> tuple[Path, str] | None:
+    """``build_report`` then the at-a-glance block, for the end of a study or benchmark; a
+    failure logs one line and returns None, since the run's results are already saved."""
+    try:
+        path = build_report(run_dir, dataset, random_split_run, throughput_json)
+        return path, summary_text(run_dir, random_split_run=random_split_run)
+    except Exception as exc:  # noqa: BLE001 - the report must never cost the finished folds
+        log.error("report not written (%s: %s); the results in %s are saved: rerun "
+                  "python -m smids_eval.report %s", type(exc).__name__, exc, run_dir, run_dir)
+        return None
