@@ -727,9 +727,10 @@ def random_split(r: Report) -> list[str]:
                 long += [{"metric": nice(metric), "split": "grouped", "value": v} for v in g]
                 long += [{"metric": nice(metric), "split": "random", "value": v} for v in s]
     fig = fg.grouped_vs_random(pd.DataFrame(long), r.figure("grouped_vs_random"))
-    return ([f"The same variants under donor-grouped folds and under a plain stratified split "
-             f"({r.random_split_run.name}); a positive optimism is what leaking donors between "
-             f"training and test would add.", ""] + md_table(pd.DataFrame(rows))
+    return ([f"The same variants under grouped folds ({r.grouping_label}) and under a plain "
+             f"stratified split that still keeps re-crops of one cell together "
+             f"({r.random_split_run.name}); a positive optimism is what letting the same "
+             f"acquisition group into training and test adds.", ""] + md_table(pd.DataFrame(rows))
             + [f"Per-fold spread for {fg.arm(*shared[0])}:", "",
                _markdown_figure(r, fig, "grouped vs random split"), ""])
 
