@@ -39,6 +39,9 @@ def add_study_options(p: argparse.ArgumentParser, out_default: str = "results") 
                    "donors.csv if present, else inferred acquisition groups)")
     p.add_argument("--n-groups", type=int, default=17,
                    help="number of inferred acquisition groups (default 17)")
+    p.add_argument("--drop-conflicts", action="store_true",
+                   help="drop every image of a same-cell unit whose images carry different "
+                        "labels (default: keep them and report them)")
     p.add_argument("--out", default=out_default, help=f"output folder (default: {out_default}/)")
     p.add_argument("--run-name", help="run folder name (default: PROFILE-DATA-FINGERPRINT-kK-seedS)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
@@ -78,7 +81,8 @@ def study_config(args: argparse.Namespace):
 
     return StudyConfig(
         variants=tuple(args.variant or ["all"]), profile=args.profile, data_dir=args.data_dir,
-        groups_file=args.groups_file, n_groups=args.n_groups, split=args.split, seed=args.seed,
+        groups_file=args.groups_file, n_groups=args.n_groups,
+        drop_conflicts=args.drop_conflicts, split=args.split, seed=args.seed,
         folds=args.folds, inner_folds=args.inner_folds, repeats=args.repeats,
         only_folds=tuple(args.fold or ()),
         trials=args.trials, storage=args.storage,

@@ -31,6 +31,7 @@ class StudyConfig:
     data_dir: str | None = None                 # default: $SMIDS_DATA_DIR, else synthetic
     groups_file: str | None = None              # 'path,donor' manifest; default: shipped or inferred
     n_groups: int = 17                          # inferred acquisition groups
+    drop_conflicts: bool = False                # drop same-cell units with conflicting labels
     split: str = "grouped"                      # grouped | random (measures grouping optimism)
     seed: int = 0                               # splits, sampler, initialisation
     folds: int | None = None                    # outer folds

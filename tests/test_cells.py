@@ -1,6 +1,8 @@
 """Same-cell links: shifted and re-sized re-crops of one synthetic field are one unit, other
 fields are not, conflicting labels are reported, and no unit is split in any split mode."""
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -74,3 +76,38 @@ def test_no_unit_spans_two_folds_in_any_split_mode():
     # the random split without units would split them: the check is not vacuous
     plain = make_splits(labels, groups, 5, 3, seed=1, grouped=False)
     assert any(len(set(plain.outer_fold[units == u])) > 1 for u in np.unique(units))
+
+
+def _class_folders(tmp_path):
+    """Field 0 re-cropped four times (three filed Normal, one Abnormal: a conflicting unit) and
+    fields 1-12 cropped once, spread over the three classes."""
+    root = tmp_path / "data"
+    classes = ["Normal_Sperm", "Abnormal_Sperm", "Non-Sperm"]
+    windows = [(80, 80, 240, 240), (86, 83, 246, 243), (77, 89, 257, 249), (89, 80, 239, 230)]
+    for k, box in enumerate(windows):
+        folder = root / classes[1 if k == 3 else 0]
+        folder.mkdir(parents=True, exist_ok=True)
+        field(0).crop(box).save(folder / f"same_{k}.png")
+    for seed in range(1, 13):
+        folder = root / classes[seed % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        field(seed).crop((80, 80, 240, 240)).save(folder / f"other_{seed}.png")
+    return root
+
+
+def test_drop_conflicts_removes_the_conflicting_unit_and_renames_the_run(tmp_path):
+    from smids_eval import StudyConfig
+    from smids_eval.study import prepare
+
+    root = _class_folders(tmp_path)
+    profile = str(Path(__file__).parent / "profiles" / "tiny.toml")
+    common = dict(profile=profile, data_dir=str(root), split="random", n_groups=4,
+                  out=str(tmp_path / "out"),
+                  cache_dir=str(tmp_path / "cache"), progress=False)
+    kept = prepare(StudyConfig(**common), write=False)
+    dropped = prepare(StudyConfig(drop_conflicts=True, **common), write=False)
+    assert len(kept.dataset) == 16 and len(dropped.dataset) == 12
+    assert not any(p.split("/")[-1].startswith("same_") for p in dropped.dataset.paths)
+    assert dropped.dataset.fingerprint != kept.dataset.fingerprint
+    assert dropped.run.root.name != kept.run.root.name and "noconflicts" in dropped.run.root.name
+    assert len(dropped.groups) == 12 and len(dropped.plans[0].outer_fold) == 12

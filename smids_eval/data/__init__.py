@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,21 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def without(self, drop: np.ndarray) -> Dataset:
+        """The data set minus the images at indices ``drop``. Its fingerprint is new (derived
+        from the old one and the dropped paths), so no cache or run folder of the full set is
+        reused for it."""
+        keep = np.setdiff1d(np.arange(len(self)), np.asarray(drop, dtype=np.intp))
+        dropped = "\n".join(sorted(self.paths[i] for i in np.asarray(drop, dtype=np.intp)))
+        digest = hashlib.sha256(f"{self.fingerprint}|without|{dropped}".encode()).hexdigest()
+        paths = [self.paths[i] for i in keep]
+        kept = set(paths)
+        groups = [[p for p in g if p in kept] for g in self.duplicates]
+        return replace(self, images=self.images[keep], labels=self.labels[keep], paths=paths,
+                       original_sizes=self.original_sizes[keep],
+                       fingerprint=digest[:len(self.fingerprint)],
+                       duplicates=[g for g in groups if len(g) > 1])
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASSES))

@@ -9,7 +9,6 @@ nested selection). Arms without an inner-CV score (``specified``) cannot be chos
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 INNER = "tune_best_inner_macro_f1"

@@ -139,6 +139,7 @@ def run_name(config: StudyConfig, profile: Profile, dataset: Dataset) -> str:
         return config.run_name
     label = "synthetic" if dataset.source.origin == "synthetic" else dataset.root.resolve().name
     split = "" if config.grouped else "-random-split"
+    label += "-noconflicts" if config.drop_conflicts else ""
     return (f"{profile.name}-{label}-{dataset.fingerprint[:8]}-k{profile.cv.outer_folds}"
             f"-seed{config.seed}{split}")
 
@@ -161,6 +162,8 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
     log.info("data: %s — %d images, fingerprint %s", dataset.source.describe(), len(dataset),
              dataset.fingerprint)
     units = same_cell_units(dataset)
+    if config.drop_conflicts:
+        dataset, units = drop_conflicts(dataset, units)
     groups, grouping = resolve_groups(dataset, config.groups_file, n_groups=config.n_groups,
                                       seed=config.seed, units=units)
     log.info("groups: %s (%d groups)", grouping, len(np.unique(groups)))
@@ -196,6 +199,7 @@ def run_config(config: StudyConfig, profile: Profile, dataset: Dataset, grouping
     source = dataset.source
     return {
         "run": run.root.name, "seed": config.seed, "split": config.split, "grouping": grouping,
+        "drop_conflicts": config.drop_conflicts,
         "data": {"kind": "synthetic" if source.origin == "synthetic" else "folder",
                  "origin": source.origin, "root": str(Path(source.root).resolve()),
                  "fingerprint": dataset.fingerprint, "images": len(dataset)},
@@ -233,6 +237,20 @@ def same_cell_units(dataset) -> np.ndarray:
              len(links), int(np.isin(units, np.flatnonzero(np.bincount(units) > 1)).sum()), multi,
              len(conflicts), "".join(f"\n  {' = '.join(paths[m])}" for m in conflicts[:10]))
     return units
+
+
+def drop_conflicts(dataset, units: np.ndarray):
+    """``--drop-conflicts``: the data set without the images of units whose images carry
+    different labels (a re-crop of one cell filed under two classes), and the remaining units."""
+    from ..cells import conflicting_units
+
+    conflicts = conflicting_units(units, dataset.labels)
+    drop = np.concatenate(conflicts) if conflicts else np.empty(0, np.intp)
+    keep = np.setdiff1d(np.arange(len(dataset)), drop)
+    kept = dataset.without(drop)
+    log.info("--drop-conflicts: %d images of %d conflicting units dropped; %d images remain "
+             "(data fingerprint %s)", len(drop), len(conflicts), len(keep), kept.fingerprint)
+    return kept, np.unique(units[keep], return_inverse=True)[1]
 
 
 def check_rule(cfg) -> None:
