@@ -6,7 +6,9 @@
    that grouping removes;
 3. the pytest-benchmark throughput suite (JSON saved in the run folder);
 4. the report (``report.md`` + figures) of the grouped run, with the twin's comparison
-   (``report=False``: none; a failed report is logged and the results stand).
+   (``report=False``: none; a failed report is logged and the results stand);
+5. when the checkout's ``results/`` holds a committed run of the same name, the reproduction
+   deltas against it (``smids_eval.reproduction``: logged and ``RUN/reproduction.json``).
 
 The study's ``timings.json`` then covers the whole job (its stages: the study's, plus
 ``random_split``, ``throughput`` and ``report``). With ``--plan`` nothing runs: the plans of the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from ..layout import source_root
 from ..plan import StudyPlan, plan_study
+from ..reproduction import check_reproduction, summary_line
 from ..study import StudyResult, prepare, run_prepared
 from ..study_config import StudyConfig
 from ..timing import RunCost, StageTimer
@@ -111,6 +114,10 @@ def run_benchmark(config: StudyConfig, throughput: bool = True, report: bool = T
                 study.run.root, dataset=ctx.dataset,
                 random_split_run=random_split.run.root if random_split else None,
                 throughput_json=throughput_json)
+    for done in (study, random_split):
+        record = check_reproduction(done.run.root) if done is not None else None
+        if record is not None:
+            log.info(summary_line(record))
     study.run.write_timings(cost.record())
     minutes = timer.wall() / 60
     log.info("benchmark done in %.1f min: %s", minutes,
