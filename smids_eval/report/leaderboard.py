@@ -34,6 +34,11 @@ HEADLINE = ["cls_recall_abnormal_sperm", "cls_macro_f1", "cls_accuracy", "cls_ba
             "sel_val_thr_coverage_msp", "sel_val_thr_risk_msp",
             # false alarms of the in-distribution rule on new acquisition groups
             "ood_heldout_in_distribution_flagged"]
+#: how the report names the classification headline columns (no name is parsed for a label)
+LABELS = {"cls_recall_abnormal_sperm": "recall abnormal sperm", "cls_macro_f1": "macro f1",
+          "cls_accuracy": "accuracy", "cls_balanced_accuracy": "balanced accuracy",
+          "cls_recall_normal_sperm": "recall normal sperm",
+          "cls_recall_non_sperm": "recall non sperm"}
 
 
 def _on_leaderboard(part: pd.Series) -> bool:
