@@ -19,9 +19,17 @@ import pandas as pd
 
 from .errors import ConfigError
 from .io import atomic_open, load_torch, save_torch, write_csv, write_text
+from .metric_names import PARTS, records
 from .naming import dir_name, from_dir_name, is_rf
 from .toml import load_toml
 from .tomlw import dumps
+
+log = logging.getLogger(__name__)
+
+#: key of a fold JSON holding the parts of each metric column (``metric_names.records``)
+TIDY_KEY = "metric_parts"
+#: the columns of ``metrics.csv``: the fold's identity, then the tidy parts and the value
+TIDY_COLUMNS = ["run", "variant", "setting", "repeat", "fold", *PARTS, "value"]
 
 #: per-fold file stem: repeat r of the group-to-fold assignment, outer fold k, setting
 _FOLD_FILE = re.compile(r"r(\d+)-fold(\d+)-(.+)")
@@ -90,8 +98,17 @@ class RunFolder:
         return self.root / "folds.csv"
 
     @property
+    def metrics_csv(self) -> Path:
+        """Long table: one row per fold × metric (``TIDY_COLUMNS``)."""
+        return self.root / "metrics.csv"
+
+    @property
     def leaderboard(self) -> Path:
         return self.root / "leaderboard.csv"
+
+    @property
+    def leaderboard_summary(self) -> Path:
+        return self.root / "leaderboard_summary.csv"
 
     @property
     def comparisons(self) -> Path:
@@ -162,27 +179,58 @@ class RunFolder:
         if model is not None:
             save_torch(self.model(*key), model.to_dict())
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        clean[TIDY_KEY] = records(row)
         write_text(self.fold_json(*key),
                    json.dumps(clean, indent=1, sort_keys=False, default=float))
 
     # ------------------------------------------------------------------ readers
-    def rows(self) -> pd.DataFrame:
-        """Every finished fold row (unreadable leftovers are ignored and redone on resume)."""
-        rows = []
+    def _fold_records(self) -> list[dict]:
+        """Every finished fold JSON (unreadable leftovers are ignored and redone on resume)."""
+        found = []
         for path in sorted((self.root / "folds").glob("*/*.json")):
             try:
-                rows.append(json.loads(path.read_text()))
+                found.append(json.loads(path.read_text()))
             except (OSError, json.JSONDecodeError):
                 continue
-        frame = pd.DataFrame(rows)
-        if not frame.empty:
-            frame = frame.sort_values(["variant", "setting", "repeat", "fold"], kind="stable")
-        return frame.reset_index(drop=True)
+        return found
+
+    def rows(self) -> pd.DataFrame:
+        """Every finished fold row, wide (one column per metric)."""
+        rows = [{k: v for k, v in r.items() if k != TIDY_KEY} for r in self._fold_records()]
+        return _sorted(pd.DataFrame(rows), ["variant", "setting", "repeat", "fold"])
+
+    def tidy(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(metrics, parts): the long table (``TIDY_COLUMNS``, one row per fold × metric) and
+        the distinct metric columns with their parts and ``kind``. Folds written before the
+        tidy records existed are left out with one warning."""
+        rows, parts, old = [], {}, 0
+        for r in self._fold_records():
+            if TIDY_KEY not in r:
+                old += 1
+                continue
+            ident = {k: r.get(k) for k in TIDY_COLUMNS[:5]}
+            for rec in r[TIDY_KEY]:
+                parts.setdefault(rec["column"], rec)
+                value = r.get(rec["column"])
+                rows.append({**ident, **{p: rec[p] for p in PARTS},
+                             "value": float("nan") if value is None else value})
+        if old:
+            log.warning("%s: %d fold file(s) predate metrics.csv (no tidy records) and are left "
+                        "out of it; rerun those folds with --force to include them", self.root, old)
+        metrics = _sorted(pd.DataFrame(rows, columns=TIDY_COLUMNS), TIDY_COLUMNS[1:5])
+        return metrics, pd.DataFrame(list(parts.values()),
+                                     columns=["column", *PARTS, "kind"])
 
     def write_folds_csv(self) -> pd.DataFrame:
         frame = self.rows()
         write_csv(self.folds_csv, frame)
         return frame
+
+    def write_metrics_csv(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``metrics.csv`` (see ``tidy``); returns (metrics, parts)."""
+        metrics, parts = self.tidy()
+        write_csv(self.metrics_csv, metrics)
+        return metrics, parts
 
     def prediction_files(self) -> list[tuple[str, int, int, str, Path]]:
         """(arm, repeat, fold, setting, path) of every saved per-image prediction file."""
@@ -284,3 +332,9 @@ class RunFolder:
     @staticmethod
     def fold_of(model_path: Path) -> int:
         return int(_FOLD_FILE.fullmatch(Path(model_path).stem)[2])
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if not frame.empty:
+        frame = frame.sort_values(keys, kind="stable")
+    return frame.reset_index(drop=True)

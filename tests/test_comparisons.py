@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from smids_eval.metric_names import metric_name, parts_frame
 from smids_eval.report.comparisons import (
     bayesian_correlated_t,
     compare,
@@ -152,7 +153,8 @@ def test_tied_with_best_marks_the_best_and_equal_arms_not_the_clearly_worse():
     best = folds.groupby("variant")["cls_macro_f1"].mean().idxmax()
     assert bool(ties.loc[best, "tied_with_best"])
     assert bool(ties.loc["F.0", "tied_with_best"]) and bool(ties.loc["B.0", "tied_with_best"])
-    board = summarise(folds)
+    board = summarise(folds, parts_frame([metric_name("classification", "macro_f1"),
+                                          metric_name("classification", "accuracy")]))
     assert "tied_with_best" in board
     assert board.set_index("variant")["tied_with_best"].to_dict() == {
         "F.0": True, "B.0": True, "A.0": False}

@@ -15,6 +15,7 @@ from PIL import Image
 
 from smids_eval import StudyConfig, run_study
 from smids_eval.cli import module_main
+from smids_eval.metric_names import metric_name, parts_frame
 from smids_eval.report import figures as fg
 from smids_eval.report.gradcam import grad_cam, load_fold_model, model_input
 from smids_eval.report.leaderboard import summarise
@@ -141,7 +142,12 @@ def test_stripped_run_still_builds_and_says_not_available(study, tmp_path):
     folds = folds[~folds["variant"].str.endswith("+RF")]
     folds = folds[[c for c in folds if not c.startswith(("mc_", "ood_", "shift_"))]]
     folds.to_csv(copy / "folds.csv", index=False)
-    summarise(folds).to_csv(copy / "leaderboard.csv", index=False)
+    metrics = pd.read_csv(copy / "metrics.csv")
+    metrics = metrics[~metrics["variant"].str.endswith("+RF")
+                      & ~metrics["family"].isin(["mc_dropout", "ood", "shift"])]
+    metrics.to_csv(copy / "metrics.csv", index=False)
+    _, parts = RunFolder(run).tidy()
+    summarise(folds, parts).to_csv(copy / "leaderboard.csv", index=False)
     text = build_report(copy).read_text()
     found = sections(text)
     assert list(found) == [title for title, _ in SECTIONS]
@@ -191,7 +197,9 @@ def test_intervals_of_proportions_stay_inside_0_1():
                           "n_test": 100, "n_fit": 300,
                           "cls_recall_abnormal_sperm": [0.0, 1.0, 0.9],
                           "cal_temperature": [0.5, 3.0, 9.0]})
-    row = summarise(folds).iloc[0]
+    row = summarise(folds, parts_frame([metric_name("classification", "recall",
+                                                    cls="abnormal_sperm"),
+                                        metric_name("calibration", "temperature")])).iloc[0]
     assert row["cls_recall_abnormal_sperm_ci95_low"] == 0.0
     assert row["cls_recall_abnormal_sperm_ci95_high"] == 1.0
     assert row["cal_temperature_ci95_low"] < 0.5  # not a proportion: not clipped
@@ -300,3 +308,81 @@ def test_published_results_sit_beside_this_run_and_are_not_comparable(study, tmp
     toml.write_text(PUBLISHED.replace('"unspecified"', '"grouped"'))
     with pytest.raises(ConfigError, match="split 'grouped'"):
         load_published(toml)
+
+
+def test_at_a_glance_numbers_equal_the_ones_recomputed_from_metrics_csv(study):
+    from smids_eval.report.glance import glance_facts
+    from smids_eval.report.markdown import Report
+
+    run, _ = study
+    facts = glance_facts(Report.load(run))
+    m = pd.read_csv(run / "metrics.csv")
+    neural = m[~m["variant"].str.endswith("+RF")]
+    f1 = neural[neural["metric"] == "macro_f1"].groupby(["variant", "setting"])["value"].mean()
+    assert facts["best"] == f1.idxmax()
+    arm = m[(m["variant"] == facts["best"][0]) & (m["setting"] == facts["best"][1])]
+
+    def mean(**parts) -> float:
+        rows = arm
+        for k, v in parts.items():
+            rows = rows[rows[k].fillna("") == v]
+        assert len(rows) == arm["fold"].nunique() * arm["repeat"].nunique(), parts
+        return rows["value"].mean()
+
+    assert facts["macro_f1"].startswith(f"{f1.max():.3f}")
+    assert facts["abnormal_recall"].startswith(
+        f"{mean(family='classification', metric='recall_abnormal_sperm'):.3f}")
+    assert facts["false_alarm"] == pytest.approx(
+        mean(family="ood", set="test", method="in_distribution", metric="flagged"))
+    far = [mean(family="ood", set=s, method="in_distribution", metric="flagged")
+           for s in ("textures", "natural") if (arm["set"] == s).any()]
+    assert far and facts["tier:far OOD (noise, textures, photos)"] == pytest.approx(np.mean(far))
+
+
+def test_ood_and_shift_tables_are_queries_on_metrics_csv_matching_folds_csv(study):
+    from smids_eval.metric_names import column
+    from smids_eval.report import figures as fg
+
+    run, _ = study
+    folds, m = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv")
+    part = m[(m["variant"] == "F.1") & (m["setting"] == "specified")]
+    rows = folds[(folds["variant"] == "F.1") & (folds["setting"] == "specified")]
+    for metric in ("auroc", "fpr95", "flagged"):
+        table = fg.ood_table(part, metric)
+        assert table.index.name == "set" and table.columns.name == "detector"
+        assert table.notna().sum().sum() > 5
+        for (name, det), value in table.stack().items():
+            assert value == pytest.approx(rows[column("ood", name, det, metric)].mean())
+    shifts = fg.shift_table(m[m["setting"] == "specified"])
+    assert list(shifts.columns) == ["variant", "setting", "shift", "severity", "accuracy"]
+    for r in shifts[shifts["severity"] > 0].itertuples():
+        arm = folds[(folds["variant"] == r.variant) & (folds["setting"] == r.setting)]
+        assert r.accuracy == pytest.approx(
+            arm[column("shift", f"{r.shift}_s{r.severity}", "", "accuracy")].mean())
+    assert set(shifts["severity"]) >= {0}
+
+
+def test_no_report_module_parses_metric_names_with_regular_expressions():
+    """Every ``re.<call>`` in smids_eval/report, by module and function: only the heading
+    anchor (a section title, not a metric name) may use one."""
+    import ast
+
+    import smids_eval.report as package
+
+    def re_calls(node) -> list:
+        return [n for n in ast.walk(node) if isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+                and n.func.value.id == "re"]
+
+    calls, modules = set(), 0
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        modules += 1
+        tree = ast.parse(path.read_text())
+        inside = set()
+        for fn in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+            for call in re_calls(fn):
+                inside.add(id(call))
+                calls.add((path.stem, fn.name))
+        calls |= {(path.stem, "<module>") for c in re_calls(tree) if id(c) not in inside}
+    assert modules >= 6
+    assert calls == {("glance", "anchor")}

@@ -369,3 +369,83 @@ def test_cli_study_writes_the_report_and_prints_its_block(finished_run, cache_di
     assert capsys.readouterr().out == ""
     assert len(pd.read_csv(run / "folds.csv")) == 12
     report.rmdir()
+
+
+# --------------------------------------------------------------------------- tidy results
+
+#: folds.csv columns that are not metrics: the fold's identity, training bookkeeping, provenance
+BOOKKEEPING = {"variant", "setting", "repeat", "fold", "aliases", "epochs_run", "best_epoch",
+               "n_train", "n_fit", "n_test", "n_groups_test", "wall_seconds",
+               "tune_best_inner_macro_f1", "tune_trials"}
+BOOKKEEPING_PREFIXES = ("hp_", "run", "rf_")
+
+
+def test_metrics_csv_holds_every_metric_of_folds_csv_once_with_the_same_value(finished_run):
+    from smids_eval.metric_names import column
+
+    _, run, _ = finished_run
+    folds, metrics = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns) == ["run", "variant", "setting", "repeat", "fold", "family",
+                                     "set", "method", "metric", "value"]
+    metrics["column"] = [column(f, s, m, k) for f, s, m, k in zip(
+        metrics["family"], metrics["set"].astype(str),
+        metrics["method"].fillna("").astype(str), metrics["metric"], strict=True)]
+    keys = ["variant", "setting", "repeat", "fold"]
+    assert not metrics.duplicated(keys + ["column"]).any()
+    assert not metrics.duplicated(keys + ["family", "set", "method", "metric"]).any()
+    named = set(metrics["column"])
+    rest = {c for c in folds.columns if c not in named}
+    assert rest == {c for c in rest if c in BOOKKEEPING or c.startswith(BOOKKEEPING_PREFIXES)}
+    assert len(named) > 200 and named <= set(folds.columns)
+    assert set(metrics["family"]) == {"classification", "calibration", "mc_dropout", "selective",
+                                      "conformal", "ood", "shift", "batch"}
+    assert (metrics["run"] == run.name).all()
+    wide = metrics.pivot(index=keys, columns="column", values="value")
+    expected = folds.set_index(keys)[sorted(named)].astype(float)
+    # both directions: a value missing from metrics.csv reads NaN here, an extra or changed one
+    # differs; an arm without a family (no MC-dropout, RF heads) is NaN in both
+    pd.testing.assert_frame_equal(wide.reindex(index=expected.index, columns=expected.columns),
+                                  expected, check_names=False, rtol=0, atol=0)
+
+
+def test_leaderboard_summary_has_distinct_arms_best_first(finished_run):
+    from smids_eval.report.comparisons import alias_map
+    from smids_eval.report.leaderboard import SUMMARY_COLUMNS, SUMMARY_PROVENANCE
+
+    out, run, _ = finished_run
+    summary, board = pd.read_csv(run / "leaderboard_summary.csv"), pd.read_csv(run / "leaderboard.csv")
+    folds = pd.read_csv(run / "folds.csv")
+    assert list(summary.columns) == [*SUMMARY_PROVENANCE, "variant", "setting", "aliases",
+                                     *SUMMARY_COLUMNS]
+    arms = list(zip(summary["variant"], summary["setting"], strict=True))
+    assert len(arms) == len(set(arms)) == len(board)
+    assert not set(arms) & set(alias_map(folds))  # an alias of a computed arm is never a row
+    assert summary["macro_f1"].is_monotonic_decreasing
+    means = folds.groupby(["variant", "setting"])["cls_macro_f1"].mean()
+    for (v, s), f1 in zip(arms, summary["macro_f1"], strict=True):
+        assert f1 == round(means[(v, s)], 3)
+    values = summary[["abnormal_recall", "macro_f1", "accuracy"]].to_numpy(float)
+    np.testing.assert_array_equal(values, np.round(values, 3))
+    across = pd.read_csv(out / "leaderboard_summary.csv")
+    assert set(zip(across["run"], across["variant"], across["setting"], strict=True)) == {
+        (run.name, v, s) for v, s in arms}
+
+
+def test_fold_files_without_tidy_records_are_left_out_with_one_warning(finished_run, tmp_path,
+                                                                       caplog):
+    from smids_eval.run_folder import TIDY_KEY, RunFolder
+
+    _, run, _ = finished_run
+    copy = tmp_path / run.name
+    shutil.copytree(run / "folds", copy / "folds")
+    old, dropped = sorted((copy / "folds").glob("*/*.json"))[:2], 0
+    for path in old:
+        row = json.loads(path.read_text())
+        dropped += len(row.pop(TIDY_KEY))
+        path.write_text(json.dumps(row))
+    with caplog.at_level("WARNING"):
+        metrics, parts = RunFolder(copy).tidy()
+    assert len([r for r in caplog.records if "predate metrics.csv" in r.message]) == 1
+    full, _ = RunFolder(run).tidy()
+    assert dropped > 100 and len(metrics) == len(full) - dropped and not parts.empty
+    assert len(RunFolder(copy).rows()) == len(RunFolder(run).rows())  # folds.csv keeps them

@@ -12,6 +12,7 @@ import pandas as pd
 from .. import CLASSES
 from ..config import EvalConfig
 from ..data.classes import SLUGS, class_slug
+from ..metric_names import HELD_OUT, metric_column
 from ..outputs import ModelOutputs
 from .base import Scorer, scaled
 from .calibration import CalibrationScorer, TemperatureScaler
@@ -100,12 +101,12 @@ def batch_shift_keys(test_batch, test: ModelOutputs, ood_sets: dict[str, ModelOu
         for _ in range(min(BATCHES_PER_GROUP, len(members) // BATCH_SIZE)):
             pick = rng.choice(members, BATCH_SIZE, replace=False)
             p_values.append(test_batch.test(stats[pick]).p_value)
-    res = {"batch_heldout_batches": float(len(p_values)),
-           "batch_heldout_false_alarm": (float(np.mean(np.asarray(p_values) < BATCH_ALPHA))
-                                         if p_values else float("nan"))}
+    res = {metric_column("batch", "batches", set=HELD_OUT): float(len(p_values)),
+           metric_column("batch", "false_alarm", set=HELD_OUT): (
+               float(np.mean(np.asarray(p_values) < BATCH_ALPHA)) if p_values else float("nan"))}
     for name, ood in ood_sets.items():
         if ood.descriptors is not None and len(ood) >= BATCH_SIZE:
-            res[f"batch_{name}_p"] = float(
+            res[metric_column("batch", "p", set=name)] = float(
                 test_batch.test(ood.descriptors["image_stats"][:BATCH_SIZE]).p_value)
     return res
 

@@ -19,6 +19,7 @@ from netcal.scaling import TemperatureScaling
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from ..metric_names import metric_column
 from ..outputs import ModelOutputs, softmax
 from .base import Scorer
 
@@ -109,9 +110,9 @@ class CalibrationScorer(Scorer):
     def score(self, test: ModelOutputs) -> dict[str, float]:
         raw = calibration_errors(test.probs, test.labels, self.bins)
         ts = calibration_errors(self.scaler_.transform(test.logits), test.labels, self.bins)
-        res = {f"cal_{k}": v for k, v in raw.items()}
-        res.update({f"cal_{k}_ts": v for k, v in ts.items()})
-        res["cal_temperature"] = self.scaler_.temperature_
+        res = {metric_column("calibration", k): v for k, v in raw.items()}
+        res.update({metric_column("calibration", f"{k}_ts"): v for k, v in ts.items()})
+        res[metric_column("calibration", "temperature")] = self.scaler_.temperature_
         return res
 
 

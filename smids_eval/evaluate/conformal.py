@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import EvalConfig
 from ..data.classes import SLUGS
+from ..metric_names import metric_column
 from ..outputs import ModelOutputs
 from .base import Scorer
 
@@ -37,10 +38,6 @@ def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     k = int(np.ceil((len(scores) + 1) * (1 - alpha) - 1e-9))
     return float(scores[k - 1]) if 1 <= k <= len(scores) else float("inf")
-
-
-def alpha_tag(alpha: float) -> str:
-    return f"a{alpha:g}"
 
 
 class ConformalPredictor:
@@ -73,17 +70,19 @@ class ConformalPredictor:
 
 
 def set_metrics(sets: np.ndarray, labels: np.ndarray, groups: np.ndarray | None,
-                prefix: str, tag: str) -> dict[str, float]:
+                method: str, alpha: float) -> dict[str, float]:
     """Coverage, mean set size, coverage per class (NaN when absent) and, with ``groups``, the
-    worst coverage over groups, keyed ``<prefix>_<metric>_<tag>``."""
+    worst coverage over groups of conformal ``method`` at ``alpha`` (``cp_<method>_<metric>_a<alpha>``)."""
+    def col(metric: str, **parts) -> str:
+        return metric_column("conformal", metric, method=method, alpha=alpha, **parts)
+
     hit = sets[np.arange(len(labels)), labels].astype(np.float64)
-    res = {f"{prefix}_coverage_{tag}": _mean(hit),
-           f"{prefix}_set_size_{tag}": _mean(sets.sum(axis=1))}
+    res = {col("coverage"): _mean(hit), col("set_size"): _mean(sets.sum(axis=1))}
     for k, slug in enumerate(SLUGS):
-        res[f"{prefix}_coverage_{slug}_{tag}"] = _mean(hit[labels == k])
+        res[col("coverage", cls=slug)] = _mean(hit[labels == k])
     if groups is not None:
         groups = np.asarray(groups)
-        res[f"{prefix}_min_group_coverage_{tag}"] = min(
+        res[col("min_group_coverage")] = min(
             (_mean(hit[groups == g]) for g in np.unique(groups)), default=float("nan"))
     return res
 
@@ -119,5 +118,5 @@ class ConformalScorer(Scorer):
         for name, cp in self.predictors_.items():
             for a in self.alphas:
                 res.update(set_metrics(cp.predict_sets(test.probs, a), labels, test.groups,
-                                       f"cp_{name}", alpha_tag(a)))
+                                       name, a))
         return res

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import entropy as _entropy
 
+from ..metric_names import metric_column
 from ..outputs import ModelOutputs
 from .base import Scorer
 from .calibration import calibration_errors
@@ -38,6 +39,10 @@ def per_class_std(mc_probs: np.ndarray) -> np.ndarray:
     return np.asarray(mc_probs, dtype=np.float64).std(axis=0)
 
 
+def _mc(metric: str) -> str:
+    return metric_column("mc_dropout", metric)
+
+
 class MCDropoutScorer(Scorer):
     """``mc_available``; with MC samples also ``mc_mi_mean``, ``mc_entropy_mean``,
     ``mc_std_mean``, ``mc_accuracy``, ``mc_nll``, ``mc_ece`` of the MC mean and the
@@ -45,7 +50,7 @@ class MCDropoutScorer(Scorer):
 
     def score(self, test: ModelOutputs) -> dict[str, float]:
         if test.mc_probs is None:
-            return {"mc_available": 0.0}
+            return {_mc("available"): 0.0}
         mean = predictive_mean(test.mc_probs)
         labels = test.labels
         mc = {"accuracy": float((mean.argmax(1) == labels).mean()), "nll": nll(mean, labels),
@@ -53,11 +58,11 @@ class MCDropoutScorer(Scorer):
         det_probs = test.probs
         det = {"accuracy": float((det_probs.argmax(1) == labels).mean()),
                "nll": nll(det_probs, labels), "ece": calibration_errors(det_probs, labels)["ece"]}
-        res = {"mc_available": 1.0,
-               "mc_mi_mean": float(mutual_information(test.mc_probs).mean()),
-               "mc_entropy_mean": float(predictive_entropy(mean).mean()),
-               "mc_std_mean": float(per_class_std(test.mc_probs).mean())}
+        res = {_mc("available"): 1.0,
+               _mc("mi_mean"): float(mutual_information(test.mc_probs).mean()),
+               _mc("entropy_mean"): float(predictive_entropy(mean).mean()),
+               _mc("std_mean"): float(per_class_std(test.mc_probs).mean())}
         for k in mc:
-            res[f"mc_{k}"] = mc[k]
-            res[f"mc_{k}_delta"] = mc[k] - det[k]
+            res[_mc(k)] = mc[k]
+            res[_mc(f"{k}_delta")] = mc[k] - det[k]
         return res

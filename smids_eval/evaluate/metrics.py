@@ -10,6 +10,7 @@ from sklearn import metrics as skm
 
 from ..data.classes import SLUGS
 from ..f1 import macro_f1
+from ..metric_names import metric_column
 from ..outputs import ModelOutputs
 from .base import N_CLASSES, Scorer
 
@@ -53,6 +54,10 @@ def auroc_ovr(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _cls(metric: str, **parts) -> str:
+    return metric_column("classification", metric, **parts)
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """All ``cls_*`` keys for one set of predicted probabilities (N, C) and true labels (N,)."""
     labels = np.asarray(labels)
@@ -60,23 +65,23 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
         res = {
-            "cls_accuracy": float(skm.accuracy_score(labels, pred)),
-            "cls_balanced_accuracy": float(skm.balanced_accuracy_score(labels, pred)),
-            "cls_macro_f1": macro_f1(labels, pred, N_CLASSES, absent=np.nan),
+            _cls("accuracy"): float(skm.accuracy_score(labels, pred)),
+            _cls("balanced_accuracy"): float(skm.balanced_accuracy_score(labels, pred)),
+            _cls("macro_f1"): macro_f1(labels, pred, N_CLASSES, absent=np.nan),
         }
         precision, recall, f1, _ = skm.precision_recall_fscore_support(
             labels, pred, labels=_LABELS, zero_division=np.nan)
     for k, slug in enumerate(SLUGS):
-        res[f"cls_precision_{slug}"] = float(precision[k])
-        res[f"cls_recall_{slug}"] = float(recall[k])
-        res[f"cls_f1_{slug}"] = float(f1[k])
+        res[_cls("precision", cls=slug)] = float(precision[k])
+        res[_cls("recall", cls=slug)] = float(recall[k])
+        res[_cls("f1", cls=slug)] = float(f1[k])
     auroc = auroc_ovr(probs, labels)
-    res["cls_auroc_ovr"] = auroc.pop("macro")
-    res.update({f"cls_auroc_{slug}": v for slug, v in auroc.items()})
-    res["cls_nll"] = nll(probs, labels)
-    res["cls_brier"] = brier(probs, labels)
+    res[_cls("auroc_ovr")] = auroc.pop("macro")
+    res.update({_cls("auroc", cls=slug): v for slug, v in auroc.items()})
+    res[_cls("nll")] = nll(probs, labels)
+    res[_cls("brier")] = brier(probs, labels)
     cm = confusion(labels, pred)
-    res.update({f"cls_cm_{t}_{p}": float(cm[i, j])
+    res.update({_cls("cm", cls=(t, p)): float(cm[i, j])
                 for i, t in enumerate(SLUGS) for j, p in enumerate(SLUGS)})
     return res
 

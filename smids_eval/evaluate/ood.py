@@ -21,6 +21,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.neighbors import NearestNeighbors
 
+from ..metric_names import HELD_OUT, metric_column
 from ..outputs import ModelOutputs
 from .mc_dropout import mutual_information, predictive_entropy
 
@@ -333,18 +334,20 @@ class OODScorer:
             if not usable_on(det, test):
                 continue
             s_in = det.score(test)
-            res[f"ood_heldout_{name}_flagged"] = float(np.mean(s_in < det.threshold_))
+            res[metric_column("ood", "flagged", set=HELD_OUT, method=name)] = float(
+                np.mean(s_in < det.threshold_))
             for set_name, ood in ood_sets.items():
                 if not usable_on(det, ood):
                     continue
                 s_out = det.score(ood)
                 metrics = ood_metrics(s_in, s_out)
                 for k in REPORTED:
-                    res[f"ood_{set_name}_{name}_{k}"] = metrics[k]
-                res[f"ood_{set_name}_{name}_flagged"] = float(np.mean(s_out < det.threshold_))
+                    res[metric_column("ood", k, set=set_name, method=name)] = metrics[k]
+                res[metric_column("ood", "flagged", set=set_name, method=name)] = float(
+                    np.mean(s_out < det.threshold_))
         rule = self.detectors_.get(FLAG)
         for set_name, ood in (graded or {}).items():
             if rule is not None and usable_on(rule, ood):
-                res[f"ood_{set_name}_{FLAG}_flagged"] = float(
+                res[metric_column("ood", "flagged", set=set_name, method=FLAG)] = float(
                     np.mean(rule.score(ood) < rule.threshold_))
         return res

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.stats import beta
 
 from ..config import EvalConfig
+from ..metric_names import metric_column
 from ..outputs import ModelOutputs
 from .base import Scorer
 from .mc_dropout import mutual_information, predictive_entropy, predictive_mean
@@ -132,8 +133,8 @@ class SelectiveScorer(Scorer):
         res = {}
         for s in available_scores(test):
             conf = CONFIDENCE_SCORES[s](test)
-            res[f"sel_aurc_{s}"] = aurc(conf, correct)
-            res[f"sel_oracle_coverage_at_{tag}_risk_{s}"] = coverage_at_risk(
+            res[metric_column("selective", "aurc", method=s)] = aurc(conf, correct)
+            res[metric_column("selective", f"oracle_coverage_at_{tag}_risk", method=s)] = coverage_at_risk(
                 conf, correct, self.risk_target)[0]
             if s in self.thresholds_:
                 res.update(self._at_threshold(s, conf >= self.thresholds_[s], correct))
@@ -142,6 +143,6 @@ class SelectiveScorer(Scorer):
     @staticmethod
     def _at_threshold(s: str, accepted: np.ndarray, correct: np.ndarray) -> dict[str, float]:
         risk = float(1 - correct[accepted].mean()) if accepted.any() else float("nan")
-        return {f"sel_val_thr_coverage_{s}": float(accepted.mean()),
-                f"sel_val_thr_risk_{s}": risk,
-                f"sel_val_thr_accepted_{s}": float(accepted.sum())}
+        return {metric_column("selective", "val_thr_coverage", method=s): float(accepted.mean()),
+                metric_column("selective", "val_thr_risk", method=s): risk,
+                metric_column("selective", "val_thr_accepted", method=s): float(accepted.sum())}

@@ -12,6 +12,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 
+from ..metric_names import metric_column, shift_set
+
 SEVERITIES = (1, 2, 3)
 
 
@@ -156,7 +158,7 @@ def apply_shift(images: np.ndarray, name: str, severity: int, seed: int = 0) -> 
 
 
 def shift_key(name: str, severity: int) -> str:
-    return f"{name}_s{severity}"
+    return shift_set(name, severity)
 
 
 def shifted_copies(images: np.ndarray, severities=SEVERITIES, seed: int = 0,
@@ -171,6 +173,6 @@ def shift_accuracy_keys(clean_accuracy: float, accuracies: dict[str, float]) -> 
     (clean minus shifted accuracy; positive = worse under the shift)."""
     res = {}
     for key, acc in accuracies.items():
-        res[f"shift_{key}_accuracy"] = float(acc)
-        res[f"shift_{key}_accuracy_drop"] = float(clean_accuracy - acc)
+        res[metric_column("shift", "accuracy", set=key)] = float(acc)
+        res[metric_column("shift", "accuracy_drop", set=key)] = float(clean_accuracy - acc)
     return res

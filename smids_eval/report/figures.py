@@ -7,7 +7,6 @@ output path, and returns the path; loaders for the run folder's per-fold files s
 from __future__ import annotations
 
 import io
-import re
 import struct
 from pathlib import Path
 
@@ -22,12 +21,12 @@ import seaborn as sns  # noqa: E402
 from .. import CLASSES  # noqa: E402
 from ..data.classes import SLUGS  # noqa: E402
 from ..evaluate.calibration import calibration_errors, reliability_bins  # noqa: E402
-from ..evaluate.ood import DETECTORS, FLAG  # noqa: E402
 from ..evaluate.selective import risk_coverage_curve  # noqa: E402
 from ..io import atomic_open  # noqa: E402
 from ..naming import RF_SUFFIX, arm_label, is_rf  # noqa: E402
 from ..outputs import softmax  # noqa: E402
 from ..run_folder import RunFolder  # noqa: E402
+from .tidy import pick, shift_sets  # noqa: E402
 
 DPI = 110
 #: no side of a written PNG exceeds this many pixels (``save`` lowers the dpi to fit)
@@ -393,23 +392,15 @@ def risk_coverage(preds: pd.DataFrame, arms: list[tuple[str, str]], path: Path,
 # --------------------------------------------------------------------------- robustness
 
 
-def ood_table(folds: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
-    """Mean of ``metric`` (auroc, fpr95, flagged) over folds: index = OOD set, columns =
-    detector (``in_distribution`` = the rule predict uses)."""
-    detectors = sorted([*DETECTORS, FLAG], key=len, reverse=True)
-    cells = []
-    suffix = f"_{metric}"
-    for col in folds.columns:
-        if not (col.startswith("ood_") and col.endswith(suffix)):
-            continue
-        body = col[4:-len(suffix)]
-        det = next((d for d in detectors if body.endswith("_" + d)), None)
-        if det is not None and folds[col].notna().any():
-            cells.append({"set": body[: -len(det) - 1], "detector": det,
-                          metric: folds[col].mean()})
-    if not cells:
+def ood_table(metrics: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Mean of ``metric`` (auroc, fpr95, flagged) over the folds of the tidy ``metrics``
+    (``metrics.csv`` rows, usually one arm's): index = OOD set (``test`` = the held-out fold),
+    columns = detector (``in_distribution`` = the rule predict uses)."""
+    rows = pick(metrics, family="ood", metric=metric).dropna(subset=["value"])
+    if rows.empty:
         return pd.DataFrame()
-    return pd.DataFrame(cells).pivot(index="set", columns="detector", values=metric)
+    return (rows.pivot_table(index="set", columns="method", values="value", aggfunc="mean")
+            .rename_axis(index="set", columns="detector"))
 
 
 def ood_heatmap(auroc: pd.DataFrame, fpr95: pd.DataFrame, tiers: dict[str, str], title: str,
@@ -440,23 +431,28 @@ def ood_heatmap(auroc: pd.DataFrame, fpr95: pd.DataFrame, tiers: dict[str, str],
     return save(fig, path)
 
 
-def shift_table(folds: pd.DataFrame) -> pd.DataFrame:
-    """Long table: variant, setting, shift, severity, accuracy (severity 0 = clean subset)."""
-    rows = []
-    for col in folds.columns:
-        m = re.fullmatch(r"shift_(.+)_s(\d+)_accuracy", col)
-        if not m or not folds[col].notna().any():
-            continue
-        drop = folds.get(f"{col}_drop", pd.Series(np.nan, index=folds.index))
-        for (variant, setting), part in folds.groupby(["variant", "setting"]):
-            acc = part[col].mean()
-            rows.append({"variant": variant, "setting": setting, "shift": m[1],
-                         "severity": int(m[2]), "accuracy": acc})
-            rows.append({"variant": variant, "setting": setting, "shift": m[1], "severity": 0,
-                         "accuracy": acc + drop[part.index].mean()})
-    if not rows:
+def shift_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Long table from the tidy ``metrics``: variant, setting, shift, severity, accuracy
+    (severity 0 = the clean subset: shifted accuracy + its drop)."""
+    rows = pick(metrics, family="shift", metric=["accuracy", "accuracy_drop"])
+    known = shift_sets()
+    rows = rows[rows["set"].isin(known)] if not rows.empty else rows
+    if rows.empty:
         return pd.DataFrame()
-    return pd.DataFrame(rows).drop_duplicates(["variant", "setting", "shift", "severity"])
+    means = rows.pivot_table(index=["variant", "setting", "set"], columns="metric",
+                             values="value", aggfunc="mean").reset_index()
+    means = means[means["accuracy"].notna()] if "accuracy" in means else means.iloc[:0]
+    if means.empty:
+        return pd.DataFrame()
+    means["shift"] = [known[s][0] for s in means["set"]]
+    means["severity"] = [known[s][1] for s in means["set"]]
+    drop = means.get("accuracy_drop", pd.Series(np.nan, index=means.index))
+    clean = means.assign(severity=0, accuracy=means["accuracy"] + drop)
+    cols = ["variant", "setting", "shift", "severity", "accuracy"]
+    shifted = means.sort_values(["variant", "setting", "shift", "severity"])[cols]
+    clean = (clean.sort_values(["variant", "setting", "shift", "set"])[cols]
+             .drop_duplicates(["variant", "setting", "shift"]))
+    return pd.concat([shifted, clean], ignore_index=True).reset_index(drop=True)
 
 
 def shift_accuracy(table: pd.DataFrame, path: Path, cols: int = 4) -> Path:

@@ -13,6 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluate import BATCH_ALPHA
+from ..evaluate.ood import FLAG
+from ..evaluate.shifts import SEVERITIES
+from .tidy import ood_tier, pick, shift_sets
+
 RF_SUFFIX = "+RF"
 
 
@@ -40,6 +45,15 @@ def _interval(row: pd.Series, metric: str) -> str:
     lo, hi = row.get(f"{metric}_ci95_low", np.nan), row.get(f"{metric}_ci95_high", np.nan)
     mean = row.get(f"{metric}_mean", np.nan)
     return f"{_f(mean)}" + (f" [{_f(lo)}, {_f(hi)}]" if np.isfinite(float(lo)) else "")
+
+
+def _tier_sets(sets: set[str]) -> dict[str, list[str]]:
+    """The OOD sets of each tier the block reports (held-out fold and milder shifts left out)."""
+    strongest = shift_sets((max(SEVERITIES),))
+    return {"foreign-lab sets": sorted(s for s in sets if ood_tier(s) == "foreign lab"),
+            "strongest synthetic shifts": sorted(s for s in sets if s in strongest),
+            "far OOD (noise, textures, photos)": sorted(s for s in sets
+                                                        if ood_tier(s) == "far OOD (sanity)")}
 
 
 def glance_facts(r) -> dict[str, object]:
@@ -74,20 +88,20 @@ def glance_facts(r) -> dict[str, object]:
     if flag in rows:
         facts["false_alarm"] = float(rows[flag].mean())
         facts["false_alarm_range"] = (float(rows[flag].min()), float(rows[flag].max()))
-        tiers = {"foreign-lab sets": r"ood_(lab_.+|user)_in_distribution_flagged",
-                 "strongest synthetic shifts": r"ood_(?!lab_|user|textures|natural|heldout)"
-                                               r".+_s3_in_distribution_flagged",
-                 "far OOD (noise, textures, photos)": r"ood_(textures|natural)"
-                                                      r"_in_distribution_flagged"}
-        for tier, pattern in tiers.items():
-            cols = [c for c in rows if re.fullmatch(pattern, c)]
-            if cols:
-                facts[f"tier:{tier}"] = float(rows[cols].mean().mean())
+        tidy = pick(getattr(r, "metrics", pd.DataFrame()), variant=arm[0], setting=arm[1])
+        flagged = pick(tidy, family="ood", method=FLAG, metric="flagged")
+        for tier, sets in _tier_sets(set(flagged["set"]) if not flagged.empty else set()).items():
+            if sets:
+                per_set = pick(flagged, set=sets).groupby("set")["value"].mean()
+                facts[f"tier:{tier}"] = float(per_set.mean())
     if "batch_heldout_false_alarm" in rows:
-        labs = [c for c in rows if re.fullmatch(r"batch_lab_.+_p", c)]
         facts["batch_false_alarm"] = float(rows["batch_heldout_false_alarm"].mean())
-        if labs:
-            facts["batch_labs_flagged"] = float((rows[labs] < 0.01).to_numpy().mean())
+        tidy = pick(getattr(r, "metrics", pd.DataFrame()), variant=arm[0], setting=arm[1])
+        p_values = pick(tidy, family="batch", metric="p")
+        labs = p_values[[ood_tier(s) == "foreign lab" for s in p_values["set"]]] \
+            if not p_values.empty else p_values
+        if not labs.empty:
+            facts["batch_labs_flagged"] = float((labs["value"] < BATCH_ALPHA).mean())
     rf = _best(r.board, rf=True)
     if rf is not None:
         facts["rf"] = (rf["variant"], float(rf["cls_macro_f1_mean"]))

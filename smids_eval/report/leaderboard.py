@@ -13,13 +13,13 @@ probability (``smids_eval.report.comparisons.tied_with_best``)."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .comparisons import held_out_ratio, tied_with_best
+from ..evaluate.ood import FLAG
+from ..metric_names import HELD_OUT, column, qualified
+from .comparisons import KEY_METRIC, held_out_ratio, tied_with_best
 
 #: identifies one leaderboard row
 KEYS = ["variant", "setting"]
@@ -34,25 +34,30 @@ HEADLINE = ["cls_recall_abnormal_sperm", "cls_macro_f1", "cls_accuracy", "cls_ba
             "sel_val_thr_coverage_msp", "sel_val_thr_risk_msp",
             # false alarms of the in-distribution rule on new acquisition groups
             "ood_heldout_in_distribution_flagged"]
-#: prefixes of evaluation-layer columns that get mean/std/CI too
-METRIC_PREFIXES = ("cls_", "cal_", "mc_", "sel_", "cp_", "ood_", "shift_", "batch_")
+#: how the report names the classification headline columns (no name is parsed for a label)
+LABELS = {"cls_recall_abnormal_sperm": "recall abnormal sperm", "cls_macro_f1": "macro f1",
+          "cls_accuracy": "accuracy", "cls_balanced_accuracy": "balanced accuracy",
+          "cls_recall_normal_sperm": "recall normal sperm",
+          "cls_recall_non_sperm": "recall non sperm"}
 
 
-def _on_leaderboard(col: str) -> bool:
-    """folds.csv keeps everything; the leaderboard keeps AUROC (and the in-distribution rule's
-    flagged share) for OOD and accuracy for shifts."""
-    if col.startswith("cls_cm_") or col.startswith("sel_val_thr_accepted_"):
+def _on_leaderboard(part: pd.Series) -> bool:
+    """folds.csv keeps everything; the leaderboard keeps no counts, AUROC (and the
+    in-distribution rule's flagged share) for OOD and accuracy for shifts."""
+    if part["kind"] == "count":
         return False
-    if col.startswith("ood_"):
-        return col.endswith(("_auroc", "_in_distribution_flagged"))
-    if col.startswith("shift_"):
-        return col.endswith("_accuracy")
+    if part["family"] == "ood":
+        return part["metric"] == "auroc" or (part["method"] == FLAG and part["metric"] == "flagged")
+    if part["family"] == "shift":
+        return part["metric"] == "accuracy"
     return True
 
 
-def metric_columns(folds: pd.DataFrame) -> list[str]:
-    cols = [c for c in folds.columns if c.startswith(METRIC_PREFIXES) and _on_leaderboard(c)
-            and pd.api.types.is_numeric_dtype(folds[c])]
+def metric_columns(folds: pd.DataFrame, parts: pd.DataFrame) -> list[str]:
+    """The metric columns of ``folds`` that get mean/std/CI, headline first; ``parts`` = one row
+    per metric column with its tidy parts and kind (``RunFolder.tidy``)."""
+    listed = parts[parts.apply(_on_leaderboard, axis=1)]["column"] if not parts.empty else []
+    cols = [c for c in listed if c in folds and pd.api.types.is_numeric_dtype(folds[c])]
     head = [c for c in HEADLINE if c in cols]
     return head + sorted(c for c in cols if c not in head)
 
@@ -69,21 +74,20 @@ def t_interval(values: np.ndarray, level: float = 0.95, ratio: float = 0.0
     return float(values.mean() - half), float(values.mean() + half)
 
 
-#: metrics that are not proportions in [0, 1] (their intervals are not clipped)
-UNBOUNDED = re.compile(r".*(nll|temperature|set_size|_drop|accepted|batches|tune_).*")
-
-
-def bounded(col: str, values: np.ndarray) -> bool:
-    """Whether ``col`` is a proportion: its interval is clipped to [0, 1]."""
+def bounded(kind: str, values: np.ndarray) -> bool:
+    """Whether a metric of ``kind`` (``metric_names.KINDS``) with these fold ``values`` is a
+    proportion: its interval is clipped to [0, 1]."""
     finite = values[np.isfinite(values)]
-    return (not UNBOUNDED.fullmatch(col) and finite.size > 0
+    return (kind == "proportion" and finite.size > 0
             and finite.min() >= 0.0 and finite.max() <= 1.0)
 
 
-def summarise(folds: pd.DataFrame) -> pd.DataFrame:
+def summarise(folds: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, setting): ``<metric>_mean``, ``_std``, ``_ci95_low``, ``_ci95_high``
-    (clipped to [0, 1] for proportions, see ``bounded``)."""
-    metrics = metric_columns(folds)
+    (clipped to [0, 1] for proportions, see ``bounded``) for the metric columns described by
+    ``parts`` (``RunFolder.tidy``; ``metric_names.parts_frame`` for hand-made folds)."""
+    metrics = metric_columns(folds, parts)
+    kind = dict(zip(parts["column"], parts["kind"], strict=True)) if not parts.empty else {}
     rows = []
     repeat = folds["repeat"] if "repeat" in folds else pd.Series(0, folds.index)
     for (variant, setting), part in folds.groupby(KEYS, sort=False):
@@ -99,7 +103,7 @@ def summarise(folds: pd.DataFrame) -> pd.DataFrame:
             if np.isnan(v).all():
                 continue
             lo, hi = t_interval(v, ratio=ratio)
-            if bounded(col, v):  # a proportion's interval stays inside [0, 1]
+            if bounded(kind[col], v):  # a proportion's interval stays inside [0, 1]
                 lo, hi = max(lo, 0.0), min(hi, 1.0)
             if col in HEADLINE and row["n_repeats"] > 1:
                 row[f"{col}_repeat_std"] = float(part[col].groupby(part_repeat).mean().std(ddof=1))
@@ -141,3 +145,54 @@ def merge_runs(boards: list[pd.DataFrame]) -> pd.DataFrame:
         merged = merged.sort_values(order + ["cls_macro_f1_mean"],
                                     ascending=[True] * len(order) + [False], kind="stable")
     return merged.reset_index(drop=True)
+
+
+#: provenance columns of the compact summary (which run, code, profile, weights, grouping)
+SUMMARY_PROVENANCE = ["run", "run_commit", "run_profile", "run_weights", "run_grouping"]
+_RECALL = column("classification", HELD_OUT, "", qualified("recall", cls="abnormal_sperm"))
+_F1 = KEY_METRIC
+#: summary column -> leaderboard column (configuration as data; order = column order)
+SUMMARY_COLUMNS = {
+    "n_folds": "n_folds",
+    "abnormal_recall": f"{_RECALL}_mean",
+    "abnormal_recall_ci95_low": f"{_RECALL}_ci95_low",
+    "abnormal_recall_ci95_high": f"{_RECALL}_ci95_high",
+    "macro_f1": f"{_F1}_mean",
+    "macro_f1_ci95_low": f"{_F1}_ci95_low",
+    "macro_f1_ci95_high": f"{_F1}_ci95_high",
+    "accuracy": f"{column('classification', HELD_OUT, '', 'accuracy')}_mean",
+    "tied_with_best": "tied_with_best",
+    "selective_coverage": f"{column('selective', HELD_OUT, 'msp', 'val_thr_coverage')}_mean",
+    "selective_risk": f"{column('selective', HELD_OUT, 'msp', 'val_thr_risk')}_mean",
+    "heldout_flagged": f"{column('ood', HELD_OUT, FLAG, 'flagged')}_mean",
+}
+
+
+def compact(board: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``leaderboard_summary.csv``: provenance, then arm, aliases (other names of the same
+    computation) and the headline numbers rounded to ``digits``, one row per distinct
+    computation (the leaderboard's rows), best macro-F1 first. Selective coverage / risk are
+    those of the validation-fitted threshold on max probability; ``heldout_flagged`` is the
+    in-distribution rule's false-alarm share on the held-out acquisition groups."""
+    if board.empty:
+        return pd.DataFrame()
+    out = board[[c for c in SUMMARY_PROVENANCE if c in board]].copy()
+    out["variant"], out["setting"] = board["variant"], board["setting"]
+    out["aliases"] = board["aliases"] if "aliases" in board else ""
+    for name, source in SUMMARY_COLUMNS.items():
+        out[name] = board[source] if source in board else np.nan
+    numeric = [c for c in SUMMARY_COLUMNS if c not in ("n_folds", "tied_with_best")]
+    out[numeric] = out[numeric].astype(float).round(digits)
+    out = out.drop_duplicates(["variant", "setting"])
+    return out.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def merge_summaries(summaries: list[pd.DataFrame]) -> pd.DataFrame:
+    """The cross-run summary: grouped by run, best macro-F1 first within each."""
+    frames = [s for s in summaries if not s.empty]
+    if not frames:
+        return pd.DataFrame()
+    merged = pd.concat(frames, ignore_index=True)
+    keys = [c for c in ("run_profile", "run") if c in merged]
+    return merged.sort_values(keys + ["macro_f1"], ascending=[True] * len(keys) + [False],
+                              kind="stable").reset_index(drop=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +17,19 @@ import numpy as np
 import pandas as pd
 
 from .. import CLASSES
-from ..data.classes import class_slug
+from ..config import EvalConfig
+from ..data.classes import SLUGS, class_slug
 from ..evaluate.ood import FLAG
+from ..evaluate.selective import pct_tag
 from ..io import write_text
+from ..metric_names import HELD_OUT, column, qualified
 from ..run_folder import RunFolder
 from ..toml import load_toml
 from . import figures as fg
 from .glance import at_a_glance, limits
-from .leaderboard import HEADLINE
+from .leaderboard import HEADLINE, LABELS
 from .published import CAVEAT, published_table
+from .tidy import ood_tier, pick, shift_sets
 
 log = logging.getLogger(__name__)
 NA = "_Not available in this run_"
@@ -78,7 +81,7 @@ def mean_std_ci(row: pd.Series, metric: str) -> str:
 
 
 def nice(metric: str) -> str:
-    return metric.removeprefix("cls_").replace("_", " ")
+    return LABELS.get(metric, metric)
 
 
 # --------------------------------------------------------------------------- the run, once read
@@ -101,6 +104,9 @@ class Report:
     throughput_json: Path | None = None
     config: dict = field(default_factory=dict)
     folds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: metrics.csv: one row per fold × metric (run, variant, setting, repeat, fold, family, set,
+    #: method, metric, value); every per-metric table is a query on it
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     board: pd.DataFrame = field(default_factory=pd.DataFrame)
     comps: pd.DataFrame = field(default_factory=pd.DataFrame)
     preds: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -118,7 +124,8 @@ class Report:
                    random_split_run=Path(random_split_run) if random_split_run else None,
                    throughput_json=Path(throughput_json) if throughput_json else None,
                    config=load_toml(run.config) if run.config.is_file() else {},
-                   folds=_read_csv(run.folds_csv), board=_read_csv(run.leaderboard),
+                   folds=_read_csv(run.folds_csv), metrics=_read_csv(run.metrics_csv),
+                   board=_read_csv(run.leaderboard),
                    comps=_read_csv(run.comparisons), preds=fg.load_predictions(run.root),
                    history=fg.load_histories(run.root))
 
@@ -184,6 +191,17 @@ class Report:
         """``run_weights`` of the neural rows (``random``, ``imagenet…`` or ``unknown``)."""
         rows = self.neural if not self.neural.empty else self.folds
         return str(rows["run_weights"].iloc[0]) if "run_weights" in rows and len(rows) else "unknown"
+
+    def arm_metrics(self, arm: tuple[str, str] | None, **parts) -> pd.DataFrame:
+        """The tidy rows of one (variant, setting) matching ``parts`` (see ``tidy.pick``)."""
+        if arm is None:
+            return self.metrics.iloc[:0]
+        return pick(self.metrics, variant=arm[0], setting=arm[1], **parts)
+
+    def evaluate_setting(self, key: str):
+        """A profile ``evaluate`` setting of this run (the default when config.toml lacks it)."""
+        return self.config.get("profile", {}).get("evaluate", {}).get(
+            key, getattr(EvalConfig(), key))
 
     def arm_preds(self, variant: str, setting: str) -> pd.DataFrame:
         if self.preds.empty:
@@ -328,7 +346,7 @@ def per_class(r: Report) -> list[str]:
 
 
 def confusion(r: Report) -> list[str]:
-    if not any(c.startswith("cls_cm_") for c in r.folds.columns):
+    if column("classification", HELD_OUT, "", qualified("cm", cls=(SLUGS[0], SLUGS[0]))) not in r.folds:
         return na("folds.csv has no confusion counts")
     best = r.best_arm()
     present = set(zip(r.folds["variant"], r.folds["setting"], strict=True))
@@ -386,11 +404,10 @@ def mc_dropout(r: Report) -> list[str]:
 
 
 def selective(r: Report) -> list[str]:
-    oracle = [c for c in r.folds.columns
-              if re.fullmatch(r"sel_(oracle_)?coverage_at_.+_risk_msp", c)]
-    if not oracle:
+    target = float(r.evaluate_setting("risk_target"))
+    oracle = [column("selective", HELD_OUT, "msp", f"oracle_coverage_at_{pct_tag(target)}_risk")]
+    if oracle[0] not in r.folds:
         return na("no selective-prediction columns")
-    target = float(r.config.get("profile", {}).get("evaluate", {}).get("risk_target", 0.05))
     rows = []
     for (variant, setting), part in r.folds.groupby(["variant", "setting"]):
         row = {"variant": variant, "setting": setting,
@@ -424,28 +441,36 @@ def selective(r: Report) -> list[str]:
     return out
 
 
-#: conformal coverage columns per method (marginal and class-conditional), not per class/group
-_CP_COVERAGE = r"cp_([a-z]+(?:_mondrian)?)_coverage_a([0-9.e-]+)"
+#: the miscoverage of the per-class / worst-group table
+CP_DETAIL_ALPHA = 0.1
 
 
 def conformal(r: Report) -> list[str]:
-    cols = [c for c in r.folds.columns if re.fullmatch(_CP_COVERAGE, c)]
-    if not cols:
+    cp = pick(r.metrics, family="conformal")
+    if cp.empty:
         return na("no conformal columns")
+    means = cp.groupby(["variant", "setting", "method", "metric"], sort=True)["value"].mean()
+    methods = list(dict.fromkeys(cp["method"]))
+    alphas = [a for a in r.evaluate_setting("conformal_alphas")
+              if qualified("coverage", alpha=a) in set(cp["metric"])]
+
+    def mean(arm, method, metric, **q) -> float:
+        return means.get((*arm, method, qualified(metric, **q)), np.nan)
+
     rows, per_class = [], []
-    for (variant, setting), part in r.folds.groupby(["variant", "setting"]):
-        row = {"variant": variant, "setting": setting}
-        for c in cols:
-            method, alpha = re.fullmatch(_CP_COVERAGE, c).groups()
-            size = part.get(c.replace("_coverage_", "_set_size_"), pd.Series(np.nan)).mean()
-            row[f"{method.upper()} α={alpha}"] = f"{fmt(part[c].mean())} / {fmt(size, 2)}"
+    for arm in dict.fromkeys(zip(cp["variant"], cp["setting"], strict=True)):
+        row = {"variant": arm[0], "setting": arm[1]}
+        for method in methods:
+            for a in alphas:
+                row[f"{method.upper()} α={a:g}"] = (f"{fmt(mean(arm, method, 'coverage', alpha=a))}"
+                                                    f" / {fmt(mean(arm, method, 'set_size', alpha=a), 2)}")
         rows.append(row)
         for method in ("lac", "lac_mondrian"):
-            cells = {f"{name} coverage": part.get(f"cp_{method}_coverage_{class_slug(name)}_a0.1",
-                                                  pd.Series(np.nan)).mean() for name in CLASSES}
-            worst = part.get(f"cp_{method}_min_group_coverage_a0.1", pd.Series(np.nan))
-            per_class.append({"variant": variant, "setting": setting, "method": method, **cells,
-                              "worst group": worst.mean()})
+            cells = {f"{name} coverage": mean(arm, method, "coverage", cls=class_slug(name),
+                                              alpha=CP_DETAIL_ALPHA) for name in CLASSES}
+            per_class.append({"variant": arm[0], "setting": arm[1], "method": method, **cells,
+                              "worst group": mean(arm, method, "min_group_coverage",
+                                                  alpha=CP_DETAIL_ALPHA)})
     out = (["Empirical coverage / mean prediction-set size on the held-out folds (target "
             "coverage 1 − α). Quantile rank ⌈(n+1)(1−α)⌉ on the inner validation split; "
             "`_MONDRIAN` = class-conditional (one quantile per class).", ""]
@@ -457,62 +482,56 @@ def conformal(r: Report) -> list[str]:
     return out
 
 
-#: OOD evaluation tiers of the report, by set name (``fold.FoldRunner._evaluate``)
-def ood_tier(name: str) -> str:
-    if name == "heldout":
-        return "new acquisition groups"
-    if name.startswith("lab_") or name == "user":
-        return "foreign lab"
-    if name in ("textures", "natural"):
-        return "far OOD (sanity)"
-    return "synthetic acquisition shift"
-
-
 def ood(r: Report) -> list[str]:
     best = r.best_arm()
     part = r.folds[(r.folds["variant"] == best[0]) & (r.folds["setting"] == best[1])] if best else None
-    table = fg.ood_table(part) if part is not None else pd.DataFrame()
+    tidy = r.arm_metrics(best)
+    table = fg.ood_table(tidy)
     if table.empty:
         return na("no OOD detection columns")
     out = [f"Every number is for the best arm by macro-F1, {fg.arm(*best)}, mean over its "
            f"folds. `in_distribution` is the rule `predict` applies: an image is in-distribution "
-           f"only if both the acquisition-level and the semantic detector keep it (thresholds "
-           f"fitted on the inner validation split, new acquisition groups). *Flagged* = share "
-           f"called out of distribution.", ""]
-    flagged = fg.ood_table(part, "flagged")
+           f"only if both the acquisition-level and the semantic detector keep it (thresholds: "
+           f"the acquisition detector keeps {r.evaluate_setting('acquisition_keep'):.1%} of "
+           f"leave-one-group-out scores of the fold's training and validation groups, i.e. of "
+           f"new acquisition groups; the semantic one {r.evaluate_setting('semantic_keep'):.1%} "
+           f"of the inner validation split). *Flagged* = share called out of distribution.", ""]
+    flagged = fg.ood_table(tidy, "flagged")
     if FLAG in flagged:
-        heldout = part.get(f"ood_heldout_{FLAG}_flagged")
-        if heldout is not None and heldout.notna().any():
+        heldout = pick(tidy, family="ood", set=HELD_OUT, method=FLAG, metric="flagged")
+        heldout = heldout.sort_values(["repeat", "fold"])["value"]
+        if heldout.notna().any():
             per_fold = ", ".join(f"{fmt(v, 2)}" for v in heldout)
             out += [f"**Tier 1, new acquisition groups of the same lab** (held-out outer folds): "
                     f"false-alarm rate {fmt(heldout.mean())} (per fold: {per_fold}); "
                     f"{fmt(1 - heldout.mean())} of held-out crops are called in-distribution.",
                     ""]
-        rows = []
+        rows, shifted = [], shift_sets()
+        fpr95 = fg.ood_table(tidy, "fpr95")
         for name, share in flagged[FLAG].dropna().items():
-            if name == "heldout":
+            if name == HELD_OUT:
                 continue
-            m = re.fullmatch(r"(.+)_s(\d+)", name)
-            rows.append({"tier": ood_tier(name), "set": m[1] if m else name,
-                         "severity": int(m[2]) if m else "", "flagged": share,
+            shift, severity = shifted.get(name, (name, ""))
+            rows.append({"tier": ood_tier(name), "set": shift, "severity": severity,
+                         "flagged": share,
                          "AUROC": table.get(FLAG, pd.Series(dtype=float)).get(name, np.nan),
-                         "FPR95": fg.ood_table(part, "fpr95").get(
-                             FLAG, pd.Series(dtype=float)).get(name, np.nan)})
+                         "FPR95": fpr95.get(FLAG, pd.Series(dtype=float)).get(name, np.nan)})
         if rows:
             tiers = pd.DataFrame(rows).sort_values(["tier", "set", "severity"], key=lambda c: c.astype(str))
             out += ["**Tiers 2 and 3, synthetic acquisition shifts (graded) and foreign-lab sets** "
                     "(AUROC / FPR95 where the set was scored at full detail):", ""]
             out += md_table(tiers) + [""]
     if "batch_heldout_false_alarm" in part:
-        labs = {c[6:-2]: part[c] for c in part.columns
-                if c.startswith("batch_") and c.endswith("_p") and part[c].notna().any()}
+        p_values = pick(tidy, family="batch", metric="p")
+        labs = {name: p["value"] for name, p in p_values.groupby("set", sort=False)
+                if p["value"].notna().any()}
         out += [f"**A folder judged as a batch** (MMD two-sample test on image statistics, "
                 f"batches of 50, p < 0.01 = \"not like this lab\"): false alarms on batches from "
                 f"one held-out acquisition group {fmt(part['batch_heldout_false_alarm'].mean())} "
                 f"({int(part['batch_heldout_batches'].sum())} batches); share of folds flagging "
                 + ", ".join(f"{name} {fmt(float((p < 0.01).mean()), 2)}" for name, p in labs.items())
                 + ".", ""]
-    fig = fg.ood_heatmap(table, fg.ood_table(part, "fpr95"),
+    fig = fg.ood_heatmap(table, fg.ood_table(tidy, "fpr95"),
                          {name: ood_tier(name) for name in table.index},
                          f"OOD detection, {fg.arm(*best)} (mean over folds)",
                          r.figure("ood_auroc"))
@@ -528,9 +547,9 @@ def ood(r: Report) -> list[str]:
 
 
 def shifts(r: Report) -> list[str]:
-    table = fg.shift_table(r.folds[r.folds["setting"] == r.setting]
-                           if "setting" in r.folds else r.folds)
-    rf = fg.shift_table(r.folds[r.folds["variant"].map(fg.is_rf)])
+    m = r.metrics
+    table = fg.shift_table(m[m["setting"] == r.setting] if "setting" in m else m)
+    rf = fg.shift_table(m[m["variant"].map(fg.is_rf)] if "variant" in m else m)
     table = pd.concat([table, rf], ignore_index=True).drop_duplicates()
     if table.empty:
         return na("no shift columns")

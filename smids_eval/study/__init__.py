@@ -38,7 +38,7 @@ from ..naming import RF_SETTING, rf_name
 from ..plan import StudyPlan, plan_study
 from ..provenance import git_commit
 from ..report.comparisons import compare
-from ..report.leaderboard import merge_runs, summarise
+from ..report.leaderboard import compact, merge_runs, merge_summaries, summarise
 from ..run_folder import RunFolder
 from ..splits import SplitPlan, make_repeated_splits, splits_frame
 from ..study_config import StudyConfig
@@ -340,11 +340,15 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
 
 
 def write_tables(run: RunFolder, out: Path) -> pd.DataFrame:
-    """folds.csv, the run's leaderboard and comparisons, and the cross-run tables in ``out``."""
+    """folds.csv and metrics.csv (the same numbers, wide and long), the run's leaderboard, its
+    compact summary and comparisons, and the cross-run tables in ``out``."""
     folds = run.write_folds_csv()
     if folds.empty:
         return folds
-    write_csv(run.leaderboard, summarise(folds))
+    _, parts = run.write_metrics_csv()
+    board = summarise(folds, parts)
+    write_csv(run.leaderboard, board)
+    write_csv(run.leaderboard_summary, compact(board))
     write_csv(run.comparisons, compare(folds))
     boards, comps = [], []
     for board_path in sorted(out.glob("*/leaderboard.csv")):
@@ -355,6 +359,9 @@ def write_tables(run: RunFolder, out: Path) -> pd.DataFrame:
             comp.insert(0, "run", board_path.parent.name)
             comps.append(comp)
     write_csv(out / "leaderboard.csv", merge_runs(boards))
+    write_csv(out / "leaderboard_summary.csv", merge_summaries(
+        [pd.read_csv(p) for p in sorted(out.glob("*/leaderboard_summary.csv"))
+         if p.stat().st_size > 1]))
     if comps:
         write_csv(out / "comparisons.csv", pd.concat(comps, ignore_index=True))
     return folds
