@@ -26,6 +26,7 @@ from ..io import atomic_open  # noqa: E402
 from ..naming import RF_SUFFIX, arm_label, is_rf  # noqa: E402
 from ..outputs import softmax  # noqa: E402
 from ..run_folder import RunFolder  # noqa: E402
+from .leaderboard import LABELS  # noqa: E402
 from .tidy import pick, shift_sets  # noqa: E402
 
 DPI = 110
@@ -241,7 +242,7 @@ def leaderboard_bars(board: pd.DataFrame, path: Path,
 
 
 def nice_metric(metric: str) -> str:
-    return metric.removeprefix("cls_").replace("_", " ").replace("f1", "F1")
+    return LABELS.get(metric, metric).replace("f1", "F1")
 
 
 def confusion_counts(part: pd.DataFrame) -> np.ndarray:

@@ -16,6 +16,7 @@ import pandas as pd
 from ..evaluate import BATCH_ALPHA
 from ..evaluate.ood import FLAG
 from ..evaluate.shifts import SEVERITIES
+from .selection import selected_summary, selected_text
 from .tidy import ood_tier, pick, shift_sets
 
 RF_SUFFIX = "+RF"
@@ -70,6 +71,7 @@ def glance_facts(r) -> dict[str, object]:
         facts["tied"] = [(v, s) for v, s in zip(tied["variant"], tied["setting"], strict=True)
                          if (v, s) != arm]
     facts["macro_f1"] = _interval(best, "cls_macro_f1")
+    facts["selected"] = selected_summary(r.folds)
     facts["abnormal_recall"] = _interval(best, "cls_recall_abnormal_sperm")
     for key in ("cal_ece", "cal_ece_ts"):
         if key in rows:
@@ -131,6 +133,10 @@ def at_a_glance(r) -> list[str]:
     lines.append(f"- **Best arm**: {v} [{s}], macro-F1 {facts['macro_f1']}{tied_text}. "
                  f"([leaderboard]({anchor('Leaderboard')}), "
                  f"[comparisons]({anchor('Significant comparisons')}))")
+    if facts["selected"]:
+        lines.append(f"- **Selected pipeline** (unbiased): {selected_text(facts['selected'])}; "
+                     f"the best arm's own figure above is an exploratory ranking on the test "
+                     f"folds. ([leaderboard]({anchor('Leaderboard')}))")
     lines.append(f"- **Abnormal-sperm recall** (the study's key figure): "
                  f"{facts['abnormal_recall']}. ([per-class recall]({anchor('Per-class recall')}))")
     if "cal_ece" in facts and "cal_ece_ts" in facts:
@@ -154,8 +160,8 @@ def at_a_glance(r) -> list[str]:
         tiers = "; ".join(f"{k[5:]} {_f(val, 2)}" for k, val in facts.items()
                           if k.startswith("tier:"))
         lines.append(f"- **Out-of-distribution flag**: false alarms on new acquisition groups of "
-                     f"this lab {_f(facts['false_alarm'])} (per fold {_f(lo, 2)}–{_f(hi, 2)}); "
-                     f"flagged share: {tiers}. "
+                     f"this lab {_f(facts['false_alarm'])} (per fold {_f(lo, 2)}–{_f(hi, 2)})"
+                     f"{'; flagged share: ' + tiers if tiers else ''}. "
                      f"([OOD detection]({anchor('Out-of-distribution detection')}))")
     if "batch_false_alarm" in facts:
         lines.append(f"- **Whole folder as a batch**: false alarms on batches of 50 from one new "

@@ -29,6 +29,7 @@ from . import figures as fg
 from .glance import at_a_glance, limits
 from .leaderboard import HEADLINE, LABELS
 from .published import CAVEAT, published_table
+from .selection import selected_summary, selected_text
 from .tidy import ood_tier, pick, shift_sets
 
 log = logging.getLogger(__name__)
@@ -328,8 +329,21 @@ def leaderboard(r: Report) -> list[str]:
              "features. Arms that are the same computation (same architecture, search space and "
              "frozen features) are run once and listed once, with the others named in a column. "
              "*Tied with best*: the top macro-F1 arm and those not worse than it by more than "
-             "0.01 with Bayesian probability ≥ 0.95 (see Significant comparisons).", ""]
-            + md_table(pd.DataFrame(rows)) + [_markdown_figure(r, fig, "leaderboard"), ""])
+             "0.01 with Bayesian probability ≥ 0.95 (see Significant comparisons). This ranking "
+             "is **exploratory**: the best row is chosen on the same test folds it is scored "
+             "on.", ""]
+            + md_table(pd.DataFrame(rows)) + selected_paragraph(r)
+            + [_markdown_figure(r, fig, "leaderboard"), ""])
+
+
+def selected_paragraph(r: Report) -> list[str]:
+    """The selected-pipeline estimate (``selection``): the unbiased headline."""
+    summary = selected_summary(r.folds)
+    if not summary:
+        return ["Selected-pipeline estimate: " + NA_PHRASE + " (no arm has inner-CV scores).", ""]
+    return [f"**Selected-pipeline estimate** (the unbiased headline): {selected_text(summary)}. "
+            f"It answers \"how well does choosing an arm by this protocol do on new acquisition "
+            f"groups\" without the winner's curse of the table's top row.", ""]
 
 
 def per_class(r: Report) -> list[str]:

@@ -30,6 +30,13 @@ def selected_pipeline(folds: pd.DataFrame, metric: str = "cls_macro_f1") -> pd.D
             .reset_index(drop=True))
 
 
+def selected_text(summary: dict[str, object]) -> str:
+    """One sentence: the estimate and which arms the folds chose."""
+    chosen = ", ".join(f"{arm} ×{n}" for arm, n in summary["choices"].items())
+    return (f"macro-F1 {summary['mean']:.3f} ± {summary['std']:.3f} over {summary['folds']} "
+            f"outer folds, each choosing its arm by inner-CV score alone (chosen: {chosen})")
+
+
 def selected_summary(folds: pd.DataFrame, metric: str = "cls_macro_f1") -> dict[str, object]:
     """Mean and std over folds of the selected pipeline's outer score, and how often each arm
     was chosen (``{}`` without inner scores)."""
