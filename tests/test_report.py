@@ -337,6 +337,14 @@ def test_at_a_glance_numbers_equal_the_ones_recomputed_from_metrics_csv(study):
     far = [mean(family="ood", set=s, method="in_distribution", metric="flagged")
            for s in ("textures", "natural") if (arm["set"] == s).any()]
     assert far and facts["tier:far OOD (noise, textures, photos)"] == pytest.approx(np.mean(far))
+    # the selected pipeline: per fold, the arm with the best inner-CV score, scored outside
+    folds = pd.read_csv(run / "folds.csv").dropna(subset=["tune_best_inner_macro_f1"])
+    picked = folds.loc[folds.groupby(["repeat", "fold"])["tune_best_inner_macro_f1"].idxmax()]
+    assert facts["selected"]["mean"] == pytest.approx(picked["cls_macro_f1"].mean())
+    from smids_eval.report.markdown import summary_text
+
+    assert f"Selected pipeline** (unbiased): macro-F1 {facts['selected']['mean']:.3f}" in \
+        summary_text(run)
 
 
 def test_ood_and_shift_tables_are_queries_on_metrics_csv_matching_folds_csv(study):
