@@ -166,8 +166,8 @@ class DescriptorDistance(Detector):
         x, groups = self._reference(train, val)
         if groups is None:
             return super().fit(train, val)
-        self.mean_, self.scale_, self.precision_ = _gaussian(x)
-        null = _leave_one_group_out_scores(x, groups)
+        self.mean_, self.scale_, self.precision_, shrinkage = _gaussian(x, with_shrinkage=True)
+        null = _leave_one_group_out_scores(x, groups, shrinkage)
         self.threshold_ = float(np.quantile(null, 1.0 - self.keep, method="lower"))
         return self
 
@@ -187,23 +187,28 @@ class DescriptorDistance(Detector):
         return _neg_distance((self.mean_, self.scale_, self.precision_), self._values(outputs))
 
 
-def _gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, scale (std, 1 where constant) and Ledoit-Wolf precision of standardised ``x``."""
+def _gaussian(x: np.ndarray, with_shrinkage: bool = False) -> tuple:
+    """Mean, scale (std, 1 where constant) and Ledoit-Wolf precision of standardised ``x``
+    (and the shrinkage intensity with ``with_shrinkage``)."""
     mean, std = x.mean(axis=0), x.std(axis=0)
     scale = np.where(std > 1e-8, std, 1.0)
-    return mean, scale, LedoitWolf().fit((x - mean) / scale).precision_
+    fitted = LedoitWolf().fit((x - mean) / scale)
+    return (mean, scale, fitted.precision_) + ((fitted.shrinkage_,) if with_shrinkage else ())
 
 
-def _leave_one_group_out_scores(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def _leave_one_group_out_scores(x: np.ndarray, groups: np.ndarray,
+                                shrinkage: float | None = None) -> np.ndarray:
     """Every row's ``_neg_distance`` under the Gaussian of the OTHER groups, in row order.
 
     Each group's Gaussian (mean, scale, shrunk covariance of the standardised rest) comes from
     the full data's sums minus the group's own, so the cost is one pass over the data plus one
     d×d inverse per group, not one Ledoit-Wolf fit per group (seconds each for the 384
-    block-moment columns); the shrinkage intensity is the full data's Ledoit-Wolf estimate."""
+    block-moment columns); the shrinkage intensity is the full data's Ledoit-Wolf estimate
+    (``shrinkage`` when the caller has it)."""
     x = np.asarray(x, dtype=np.float64)
-    mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
-    shrinkage = LedoitWolf().fit((x - mean) / scale).shrinkage_
+    mean = x.mean(axis=0)
+    if shrinkage is None:
+        shrinkage = _gaussian(x, with_shrinkage=True)[3]
     centre = x - mean  # sums about the full mean keep the products well conditioned
     total, outer = centre.sum(axis=0), centre.T @ centre
     out = np.empty(len(x))
