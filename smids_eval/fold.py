@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from . import CLASSES
+from .claims import Claims
 from .config import load_search_space
 from .data import class_slug
 from .engine import Engine
@@ -23,7 +24,7 @@ from .evaluate.rf_head import RandomForestHead
 from .evaluate.shifts import SHIFTS, shifted_copies
 from .naming import RF_SETTING, rf_name
 from .outputs import ModelOutputs
-from .run_folder import SavedFold
+from .run_folder import SavedFold, claim_key
 from .timing import StageTimer
 from .train import Hyper
 from .tune import study_name, trial_budget, tune
@@ -79,7 +80,7 @@ def tuned_hyper(ctx, variant: Variant, repeat: int, fold: int, fit_inner) -> dic
                       seed=config.seed, repeat=repeat, groups=ctx.groups)
     return tune(objective, name=name, storage=ctx.storage, n_trials=n_trials,
                 space=load_search_space(p.tune.search_space), seed=ctx.fold_seed(repeat, fold),
-                pruner=p.tune.pruner, shared=config.storage is not None)
+                pruner=p.tune.pruner, shared=False)  # the fold's claim makes this worker its owner
 
 
 class FoldRunner:
@@ -93,6 +94,8 @@ class FoldRunner:
 
     def __init__(self, ctx, variant: Variant, shared: dict, timer: StageTimer | None = None):
         self.ctx, self.variant, self.shared = ctx, variant, shared
+        # one claimant per study process: work is claimed once across workers (claims.py)
+        self.claims = shared.setdefault("claims", Claims(ctx.run.root))
         self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed
@@ -145,66 +148,77 @@ class FoldRunner:
     def run(self, repeat: int, fold: int, bar) -> None:
         """Every arm this variant computes for outer fold ``fold`` of repeat ``repeat``."""
         ctx, v = self.ctx, self.variant
-        y, plan = ctx.dataset.labels, ctx.plans[repeat]
+        plan = ctx.plans[repeat]
         self.repeat, self.split = repeat, plan
         train_idx, test_idx = plan.outer(fold)
         inner_train, inner_val = plan.inner(fold, 0)
         with self.timer.stage("features"):
             shift_idx, shifted, shifted_desc = self._shifted(fold, test_idx)
-        force, seed = ctx.config.force, ctx.fold_seed(repeat, fold)
-        timer = self.timer
         computed = {s for arm, s in ctx.arms(v) if arm == v.name}
-        for setting in ctx.config.settings:
-            if setting not in computed:
-                continue  # an earlier variant's identical arm: reported under its row
-            if ctx.run.done(v.name, repeat, fold, setting) and not force:
+        arms = [(v.name, s) for s in ctx.config.settings if s in computed]
+        if (self.rf_name, RF_SETTING) in ctx.arms(v):
+            arms.append((self.rf_name, RF_SETTING))
+        for name, setting in arms:
+            if ctx.run.done(name, repeat, fold, setting) and not ctx.config.force:
                 bar.update(1)
                 continue
-            t0 = time.perf_counter()
-            extra = {}
-            if setting == "specified":
-                hyper = Hyper(v.optimizer, v.learning_rate, ctx.profile.train.weight_decay)
-            else:
-                with timer.stage("tuning"):
-                    best = self._tune(fold)
-                hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
-                extra = {"tune_best_inner_macro_f1": best["best_value"], "tune_trials": best["n_trials"]}
-            with timer.stage("final_fits"):
-                result = self.engine.fit(
-                    self.features[inner_train], y[inner_train], self.features[inner_val],
-                    y[inner_val], hyper, seed=seed,
-                    history_csv=ctx.run.history(v.name, repeat, fold, setting),
-                    desc=f"{v.name} fold {fold} {setting}")
-            with timer.stage("evaluation"):
-                predict = partial(self._predict, result.state_dict)
-                train_out = predict(self.features[inner_train, 0], inner_train)
-                val_out = predict(self.features[inner_val, 0], inner_val)
-                test_out = predict(self.features[test_idx, 0], test_idx)
-                shifted_out = {k: predict(x, shift_idx, shifted_desc[k])
-                               for k, x in shifted.items()}
-                far_out = {k: predict(x, None, self.far_descriptors[k])
-                           for k, x in self.far_features.items()}
-                row = self._evaluate(fold, setting, train_out, val_out, test_out, shifted_out,
-                                     far_out)
-                row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
-                           hp_weight_decay=hyper.weight_decay, epochs_run=result.epochs_run,
-                           best_epoch=result.best_epoch, **extra)
-                artifacts = fit_confidence_artifacts(
-                    train_out, val_out, ctx.profile.evaluate, temperature=row["cal_temperature"],
-                    batch_test=self.shared.get(("batch", repeat, fold), (None,))[0])
-            model = SavedFold(variant=v.as_dict(), setting=setting, fold=fold, repeat=repeat,
-                              suffix_state=result.state_dict, hyper=asdict(hyper),
-                              profile=ctx.profile.as_dict(), weights=self.engine.weights_id,
-                              artifacts=artifacts, provenance=self.prov)
-            with timer.stage("saving"):
-                self._save(row, t0, test_idx, test_out, fold, setting, model)
+            with self.claims.claim(claim_key(name, repeat, fold, setting)) as ours:
+                if not ours:
+                    log.info("%s repeat %d fold %d %s: claimed by another worker, moving on",
+                             name, repeat, fold, setting)
+                elif ctx.config.force or not ctx.run.done(name, repeat, fold, setting):
+                    if name == self.rf_name:
+                        with self.timer.stage("rf_head"):
+                            self._random_forest(fold, inner_train, inner_val, test_idx,
+                                                shift_idx, shifted, shifted_desc)
+                    else:
+                        self._neural_arm(repeat, fold, setting, inner_train, inner_val,
+                                         test_idx, shift_idx, shifted, shifted_desc)
             bar.update(1)
-        if (self.rf_name, RF_SETTING) in ctx.arms(v):
-            if not ctx.run.done(self.rf_name, repeat, fold, RF_SETTING) or force:
-                with timer.stage("rf_head"):
-                    self._random_forest(fold, inner_train, inner_val, test_idx, shift_idx,
-                                        shifted, shifted_desc)
-            bar.update(1)
+
+    def _neural_arm(self, repeat, fold, setting, inner_train, inner_val, test_idx, shift_idx,
+                    shifted, shifted_desc) -> None:
+        """Train (after tuning, for ``tuned``), evaluate and save one neural arm of the fold."""
+        ctx, v, timer = self.ctx, self.variant, self.timer
+        y, seed = ctx.dataset.labels, ctx.fold_seed(repeat, fold)
+        t0 = time.perf_counter()
+        extra = {}
+        if setting == "specified":
+            hyper = Hyper(v.optimizer, v.learning_rate, ctx.profile.train.weight_decay)
+        else:
+            with timer.stage("tuning"):
+                best = self._tune(fold)
+            hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
+            extra = {"tune_best_inner_macro_f1": best["best_value"],
+                     "tune_trials": best["n_trials"]}
+        with timer.stage("final_fits"):
+            result = self.engine.fit(
+                self.features[inner_train], y[inner_train], self.features[inner_val],
+                y[inner_val], hyper, seed=seed,
+                history_csv=ctx.run.history(v.name, repeat, fold, setting),
+                desc=f"{v.name} fold {fold} {setting}")
+        with timer.stage("evaluation"):
+            predict = partial(self._predict, result.state_dict)
+            train_out = predict(self.features[inner_train, 0], inner_train)
+            val_out = predict(self.features[inner_val, 0], inner_val)
+            test_out = predict(self.features[test_idx, 0], test_idx)
+            shifted_out = {k: predict(x, shift_idx, shifted_desc[k]) for k, x in shifted.items()}
+            far_out = {k: predict(x, None, self.far_descriptors[k])
+                       for k, x in self.far_features.items()}
+            row = self._evaluate(fold, setting, train_out, val_out, test_out, shifted_out,
+                                 far_out)
+            row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
+                       hp_weight_decay=hyper.weight_decay, epochs_run=result.epochs_run,
+                       best_epoch=result.best_epoch, **extra)
+            artifacts = fit_confidence_artifacts(
+                train_out, val_out, ctx.profile.evaluate, temperature=row["cal_temperature"],
+                batch_test=self.shared.get(("batch", repeat, fold), (None,))[0])
+        model = SavedFold(variant=v.as_dict(), setting=setting, fold=fold, repeat=repeat,
+                          suffix_state=result.state_dict, hyper=asdict(hyper),
+                          profile=ctx.profile.as_dict(), weights=self.engine.weights_id,
+                          artifacts=artifacts, provenance=self.prov)
+        with timer.stage("saving"):
+            self._save(row, t0, test_idx, test_out, fold, setting, model)
 
     def _predict(self, state: dict, x: torch.Tensor, idx: np.ndarray | None = None,
                  descriptors: dict | None = None) -> ModelOutputs:

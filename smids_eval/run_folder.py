@@ -36,6 +36,11 @@ _FOLD_FILE = re.compile(r"r(\d+)-fold(\d+)-(.+)")
 log = logging.getLogger(__name__)
 
 
+def claim_key(arm: str, repeat: int, fold: int, setting: str) -> str:
+    """Name of the claim (``claims.Claims``) on one fold × arm: its fold file's, under claims/."""
+    return f"{dir_name(arm)}/{fold_stem(repeat, fold, setting)}"
+
+
 def fold_stem(repeat: int, fold: int, setting: str) -> str:
     return f"r{repeat}-fold{fold}-{setting}"
 

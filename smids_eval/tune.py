@@ -114,6 +114,52 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark trials left RUNNING by a killed worker as FAIL (only safe when this worker owns the
+    study): they are not finished, so they neither count against the budget nor guide TPE."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        log.info("%s: trial %d was left running by a stopped worker: marked failed",
+                 study.study_name, t.number)
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def replay(study: optuna.Study, sampler: optuna.samplers.BaseSampler, space: SearchSpace) -> None:
+    """Advance a freshly seeded ``sampler`` to where an uninterrupted run would have it: ask it
+    for the study's finished trials again, in order, on an in-memory copy told the stored
+    outcomes. A resumed study then suggests exactly what the uninterrupted one did (same seed,
+    same numbers, issue 14). Stops, with a warning, at the first suggestion that differs (a
+    study tuned with other settings or by several workers)."""
+    done = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
+    if not done:
+        return
+    shadow = optuna.create_study(direction="maximize", sampler=sampler)
+    try:
+        for t in done:
+            trial = shadow.ask()
+            params = suggest(trial, space)
+            if params != t.params:
+                log.warning("%s: trial %d does not replay (its study was tuned differently); "
+                            "the resumed search continues from another sampler state",
+                            study.study_name, t.number)
+                return
+            for step, value in sorted(t.intermediate_values.items()):
+                trial.report(value, step)
+            shadow.tell(trial, t.value if t.state == TrialState.COMPLETE else None,
+                        state=t.state)
+    finally:
+        _forget_study(sampler)
+
+
+def _forget_study(sampler: optuna.samplers.BaseSampler) -> None:
+    """TPE caches the search space of the first study it samples for and refuses any other;
+    after the replay on the in-memory copy, give it a fresh cache for the real study (the
+    space is the same, so nothing else changes)."""
+    from optuna.search_space import IntersectionSearchSpace
+
+    if isinstance(getattr(sampler, "_search_space", None), IntersectionSearchSpace):
+        sampler._search_space = IntersectionSearchSpace(include_pruned=True)
+
+
 def tune(objective: Callable[[dict, Report], float], *, name: str, storage, n_trials: int,
          space: SearchSpace, seed: int, pruner: str = "median", progress: bool = False,
          shared: bool = False) -> dict:
@@ -127,10 +173,13 @@ def tune(objective: Callable[[dict, Report], float], *, name: str, storage, n_tr
     different points instead of repeating each other's suggestions.
     """
     sampler_seed = (seed * 1_000_003 + os.getpid()) % 2**31 if shared else seed
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(4, n_trials))
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(4, n_trials)),
-        pruner=make_pruner(pruner))
+        sampler=sampler, pruner=make_pruner(pruner))
+    if not shared:  # this worker owns the study (it holds the fold's claim, claims.py)
+        fail_stale_trials(study)
+        replay(study, sampler, space)
 
     def run_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
@@ -141,7 +190,8 @@ def tune(objective: Callable[[dict, Report], float], *, name: str, storage, n_tr
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4f})")
 
-        log.info("%s: trial %d of %d: %s, lr %.2e, wd %.2e", name, trial.number + 1, n_trials,
+        log.info("%s: trial %d of %d: %s, lr %.2e, wd %.2e", name,
+                 min(finished_trials(study) + 1, n_trials), n_trials,
                  params["optimizer"], params["learning_rate"], params["weight_decay"])
         try:
             return objective(params, report)

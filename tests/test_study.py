@@ -237,6 +237,16 @@ def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir):
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     folds = pd.read_csv(run / "folds.csv")
     assert len(folds) == 4 and folds["cls_accuracy"].notna().all()
+    # same seed, same numbers: the killed-and-resumed run equals an uninterrupted one (the kill
+    # landed in the next arm's tuning or training: stale trials failed, sampler replayed)
+    from smids_eval.reproduction import compare_runs
+
+    reference = tmp_path / "reference"
+    subprocess.run([*cmd[:cmd.index("--out") + 1], str(reference), *cmd[cmd.index("--out") + 2:]],
+                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = compare_runs(run, reference / run.name)
+    assert record["rows_compared"] == 4 and record["within_tolerance"], record
+    assert record["max_abs_delta"]["cls"] == 0.0
 
 
 @pytest.mark.parametrize("extra,message", [

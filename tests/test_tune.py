@@ -103,3 +103,57 @@ def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path, backend
     assert all(evaluated.values())  # both processes worked on the study
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == len(params)  # no point was evaluated twice
+
+
+KILLED_WORKER = """
+import math, os, signal, sys
+from smids_eval.config import SearchSpace
+from smids_eval.tune import open_storage, tune
+
+calls = 0
+
+def objective(params, report):
+    global calls
+    calls += 1
+    if calls == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of a trial
+    value = -abs(math.log10(params["learning_rate"]) + 3.5)
+    report(0, value)
+    return value
+
+tune(objective, name="s", storage=open_storage(sys.argv[1], None), n_trials=8,
+     space=SearchSpace(), seed=5, pruner="median")
+"""
+
+
+def _objective(params, report):
+    import math
+
+    value = -abs(math.log10(params["learning_rate"]) + 3.5)
+    report(0, value)
+    return value
+
+
+@pytest.mark.parametrize("kill_at", [2, 6])
+def test_resume_after_kill_9_in_tuning_gives_the_uninterrupted_result(tmp_path, kill_at):
+    """kill -9 during trial ``kill_at`` leaves a RUNNING trial; the resumed search fails it,
+    replays the sampler and evaluates exactly the points of an uninterrupted search."""
+    reference_storage = f"sqlite:///{tmp_path / 'reference.db'}"
+    reference = tune(_objective, name="s", storage=open_storage(reference_storage, None),
+                     n_trials=8, space=SearchSpace(), seed=5, pruner="median")
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    done = subprocess.run([sys.executable, "-c", KILLED_WORKER, storage, str(kill_at)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.RUNNING) == 1
+    resumed = tune(_objective, name="s", storage=open_storage(storage, None), n_trials=8,
+                   space=SearchSpace(), seed=5, pruner="median")
+    assert resumed == reference
+    finished = [t.params for t in optuna.load_study(study_name="s", storage=storage).trials
+                if t.state in FINISHED]
+    expected = [t.params for t in optuna.load_study(study_name="s", storage=reference_storage)
+                .trials if t.state in FINISHED]
+    assert finished == expected and len(finished) == 8  # the budget counts finished trials
+    states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert optuna.trial.TrialState.RUNNING not in states

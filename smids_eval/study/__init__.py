@@ -331,6 +331,11 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
                                 f"[0-{ctx.plan.n_outer - 1}]")
             runner.run(repeat, fold, bar)
     bar.close()
+    missing = sum(not ctx.run.done(n, *u, s) for v in ctx.variants for n, s in ctx.arms(v)
+                  for u in units)
+    if missing:
+        log.warning("%d results are claimed by other workers and not finished yet: the tables "
+                    "below are partial; the last worker to finish writes them complete", missing)
     with timer.stage("tables"):
         frame = write_tables(ctx.run, Path(config.out))
     ctx.run.write_timings(cost.record())
