@@ -356,6 +356,33 @@ def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
         print("interrupted: finished folds are saved; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # the Optuna database failing under the study (SQLAlchemy)
+        message = storage_fault(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+#: what SQLite / PostgreSQL say when the storage cannot take a write, and what that means
+_STORAGE_FAULTS = {"disk is full": "no space left on the device",
+                   "no space left": "no space left on the device",
+                   "readonly database": "the database file or its folder is read-only",
+                   "read-only": "the database is read-only",
+                   "could not connect": "the database server is unreachable",
+                   "connection refused": "the database server is unreachable"}
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """One line for a SQLAlchemy OperationalError of the Optuna storage, else None."""
+    if type(exc).__name__ != "OperationalError" or "sqlalchemy" not in type(exc).__module__:
+        return None
+    text = str(getattr(exc, "orig", exc) or exc).lower()
+    reason = next((why for key, why in _STORAGE_FAULTS.items() if key in text),
+                  text.splitlines()[0] if text else type(exc).__name__)
+    return (f"the Optuna storage failed: {reason}; finished folds and models are kept (every "
+            f"result file is written atomically): free space or fix the storage (--storage), "
+            f"then rerun the same command to resume")
 
 
 def main(argv: list[str] | None = None) -> int:

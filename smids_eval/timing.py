@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .faults import fault_point
+
 #: the speed target: a study costs at most TARGET_S seconds on a host with this bf16 matmul peak;
 #: a run's normalised cost is ``wall_s * peak_gflops / REFERENCE_GFLOPS``
 REFERENCE_GFLOPS = 700.0
@@ -35,6 +37,7 @@ class StageTimer:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        fault_point(name)
         now = self._clock()
         if self._open:
             self._charge(self._open[-1], now)   # pause the outer stage

@@ -221,3 +221,34 @@ def test_failed_start_leaves_no_run_folder(tmp_path, capsys, weights):
     assert study(tmp_path, "--out", str(out), *extra) == 2
     one_error_line(capsys, needle)
     assert not list(out.glob("*/config.toml"))
+
+
+def _full_sqlite_error(path):
+    """A real SQLAlchemy OperationalError of a full SQLite database (page limit reached)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA max_page_count = 2")
+            conn.exec_driver_sql("CREATE TABLE t (x TEXT)")
+            for _ in range(200):
+                conn.exec_driver_sql("INSERT INTO t VALUES (?)", ("x" * 1000,))
+    except sqlalchemy.exc.OperationalError as exc:
+        return exc
+    raise AssertionError("the page limit did not fill the database")
+
+
+def test_full_optuna_database_during_a_study_is_one_error_line(tmp_path, capsys, monkeypatch):
+    import smids_eval.study
+
+    error = _full_sqlite_error(tmp_path / "optuna.db")
+    assert "full" in str(error)
+
+    def run_study(config):
+        raise error
+
+    monkeypatch.setattr(smids_eval.study, "run_study", run_study)
+    assert study(tmp_path, "--out", str(tmp_path / "out")) == 2
+    one_error_line(capsys, "Optuna storage failed: no space left on the device",
+                   "finished folds", "rerun the same command to resume")

@@ -210,11 +210,9 @@ def _parse_run_file(path: Path) -> bool:
     return True
 
 
-def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir):
+def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir, uninterrupted):
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "smids_eval.study", "--profile", TINY, "--variant", "B.0",
-           "--out", str(out), "--cache-dir", str(cache_dir), "--no-progress", "--no-rf",
-           "--settings", "specified,tuned"]
+    cmd = _kill_cmd(out, cache_dir)
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     first = None
@@ -239,14 +237,47 @@ def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir):
     assert len(folds) == 4 and folds["cls_accuracy"].notna().all()
     # same seed, same numbers: the killed-and-resumed run equals an uninterrupted one (the kill
     # landed in the next arm's tuning or training: stale trials failed, sampler replayed)
+    _assert_same_numbers(run, uninterrupted)
+
+
+def _kill_cmd(out: Path, cache_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "smids_eval.study", "--profile", TINY, "--variant", "B.0",
+            "--out", str(out), "--cache-dir", str(cache_dir), "--no-progress", "--no-rf",
+            "--no-report", "--settings", "specified,tuned"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_kill_cmd(out, cache_dir), env=ENV, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return out
+
+
+def _assert_same_numbers(run: Path, uninterrupted: Path) -> None:
     from smids_eval.reproduction import compare_runs
 
-    reference = tmp_path / "reference"
-    subprocess.run([*cmd[:cmd.index("--out") + 1], str(reference), *cmd[cmd.index("--out") + 2:]],
-                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    record = compare_runs(run, reference / run.name)
+    record = compare_runs(run, uninterrupted / run.name)
     assert record["rows_compared"] == 4 and record["within_tolerance"], record
     assert record["max_abs_delta"]["cls"] == 0.0
+
+
+@pytest.mark.parametrize("point", ["final_fits:2", "evaluation:3", "saving:2"])
+def test_kill_9_in_a_fit_in_evaluation_or_saving_then_resume_gives_the_same_numbers(
+        tmp_path, cache_dir, uninterrupted, point):
+    """``kill -9`` when the study enters a stage (faults.py): the tuned arm's final fit after
+    its tuning finished, the evaluation of fold 1, the saving of a result; the rerun of the same
+    command gives the uninterrupted run's numbers."""
+    from smids_eval.faults import ENV as FAULT
+
+    out = tmp_path / "results"
+    killed = subprocess.run(_kill_cmd(out, cache_dir), env={**ENV, FAULT: point},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    subprocess.run(_kill_cmd(out, cache_dir), env=ENV, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    _assert_same_numbers(run, uninterrupted)
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -125,4 +125,4 @@ def test_three_workers_compute_each_fold_once_with_one_workers_numbers(tmp_path,
     record = compare_runs(shared_run, single_run)
     assert record["rows_compared"] == 4 and record["within_tolerance"], record
     assert record["max_abs_delta"]["cls"] == 0.0
-    assert not list((shared_run / "claims").rglob("*.claim"))  # every claim released
+    assert not (shared_run / "claims").exists()  # every claim released, the folder removed

@@ -336,12 +336,25 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     if missing:
         log.warning("%d results are claimed by other workers and not finished yet: the tables "
                     "below are partial; the last worker to finish writes them complete", missing)
+    else:
+        remove_empty_tree(ctx.run.root / "claims")
     with timer.stage("tables"):
         frame = write_tables(ctx.run, Path(config.out))
     ctx.run.write_timings(cost.record())
     log.info("results in %s (%.0f s; ETA was %s s)", ctx.run.root, timer.wall(),
              cost.plan.get("eta_s"))
     return StudyResult(ctx.run, frame, ctx, cost)
+
+
+def remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` when it holds only empty folders (the claims of a finished run)."""
+    try:
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                sub.rmdir()
+            folder.rmdir()
+    except OSError:  # another worker finishing at the same moment removed (or refilled) it
+        pass
 
 
 def write_tables(run: RunFolder, out: Path) -> pd.DataFrame:

@@ -1,0 +1,66 @@
+"""Issue 14's scale-out target: two workers on one machine are not slower in total than one.
+
+    python benchmark/two_workers.py [--profile quick] [--variant A.0 ...] [-- extra study args]
+
+Runs the same study twice on the synthetic default, each in a fresh output folder with a
+pre-warmed data/feature cache (so neither pays for decoding): once with one worker, once with
+two workers started together on the same ``--out`` (they split the folds through claims). Prints
+both wall times and their ratio (two / one; the target is ≤ 1.0), and checks that the two-worker
+run computed each result once and equals the one-worker run (``reproduction.compare_runs``).
+Measured as a ratio within one invocation: other jobs on the host affect both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from smids_eval.reproduction import compare_runs
+
+
+def study_cmd(out: Path, cache: Path, profile: str, variants: list[str], extra: list[str]):
+    cmd = [sys.executable, "-m", "smids_eval.study", "--profile", profile, "--out", str(out),
+           "--cache-dir", str(cache), "--no-progress", "--no-report", "--quiet"]
+    for v in variants:
+        cmd += ["--variant", v]
+    return cmd + extra
+
+
+def timed(cmds: list[list[str]]) -> float:
+    start = time.perf_counter()
+    procs = [subprocess.Popen(c, env={**os.environ, "PYTHONUNBUFFERED": "1"}) for c in cmds]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a worker failed")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--variant", action="append", default=None)
+    p.add_argument("extra", nargs="*", help="more study options (after --)")
+    args = p.parse_args()
+    variants = args.variant or ["A.0", "B.0"]
+    extra = args.extra or ["--settings", "specified", "--no-rf"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        timed([study_cmd(tmp / "warm", cache, args.profile, variants, extra + ["--fold", "0"])])
+        one = timed([study_cmd(tmp / "one", cache, args.profile, variants, extra)])
+        two = timed([study_cmd(tmp / "two", cache, args.profile, variants, extra)] * 2)
+        (run_one,) = [d for d in (tmp / "one").iterdir() if d.is_dir()]
+        record = compare_runs(tmp / "two" / run_one.name, run_one)
+    print(f"one worker {one:.0f} s, two workers {two:.0f} s: ratio {two / one:.2f} "
+          f"(target <= 1.00); two-worker run equals one worker's: {record['within_tolerance']} "
+          f"({record['rows_compared']} fold rows, classification max |delta| "
+          f"{record['max_abs_delta'].get('cls', float('nan')):.2g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
