@@ -46,17 +46,23 @@ def open_storage(storage: str | None, out_dir: Path):
     if "://" not in storage:
         raise ConfigError(f"--storage {storage!r} is neither an SQLAlchemy URL "
                           "(e.g. postgresql://user:pw@host/db) nor a journal file (*.journal)")
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-    for attempt in range(5):
+    for attempt in range(8):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" but long-standing
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
                                                   heartbeat_interval=60, grace_period=180)
-        except (IntegrityError, ProgrammingError):
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
             # workers starting together on a fresh database race to create Optuna's tables
-            if attempt == 4:
+            # (SQLite: "table … already exists" or "database is locked")
+            racing = not isinstance(exc, OperationalError) or any(
+                s in str(exc) for s in ("already exists", "database is locked"))
+            if not racing:
+                raise ConfigError(f"storage {storage!r} is unreachable or unusable: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            if attempt == 7:
                 raise
             time.sleep(0.5 * (attempt + 1))
         except Exception as exc:  # SQLAlchemy raises many types: report them all the same way
