@@ -6,15 +6,17 @@ manifest ``<out>/donors.csv`` (``path,donor``).
 
 Two styles (``STYLES``):
 
-* ``"lab"`` (the default): the class is in the shape (normal = smooth oval head and straight
-  tail; abnormal = misshapen, tapered, double or oversized heads, bent or coiled tails;
-  non-sperm = round cells, debris, clumps or empty fields without a tail). Donors share one stain
-  protocol with mild, overlapping differences (hue, brightness, blur, noise, and per-image jitter
-  of the same size) and near-balanced class mixes with mild skew, so grouping by donor costs a
-  little optimism, as in a lab, but donor identity does not predict the class.
+* ``"lab"`` (the default): the class is in the shape (normal = smooth oval head of near-constant
+  size and a straight tail; abnormal = tapered, pear-shaped, round, oversized, amorphous or double
+  heads, often with vacuoles, or oval heads with a hairpin-bent or coiled tail and a cytoplasmic
+  droplet; non-sperm = round cells, debris or empty fields without a tail). Donors share one stain
+  protocol with mild, overlapping differences (hue, brightness, blur, noise, with per-image
+  jitter of the same size) and near-balanced class mixes with mild skew, so grouping by donor
+  costs a little optimism, as in a lab, but donor identity does not predict the class. Faint
+  smear specks make every field distinct (similar cells are not linked as re-crops of one cell).
 * ``"legacy"``: the earlier generator (donor hues in separate slots, Dirichlet(1.2) class mixes:
-  donor identity predicts the class). Kept only so the golden regression test can replay a run
-  made before the change; do not use it for demonstrations.
+  donor identity predicts the class). Kept so the golden regression test can replay a run made
+  before the change, and as a fixture with recoverable acquisition groups; not a demonstration.
 """
 
 from __future__ import annotations
