@@ -9,10 +9,10 @@ import pytest
 
 from smids_eval import CLASSES
 from smids_eval.cli import module_main
+from smids_eval.config import DataConfig, Profile, check_profile
 from smids_eval.data import cache, canonical_class, load_dataset, load_folder
 from smids_eval.data.decode import decode_image
 from smids_eval.data.scan import IMAGE_SUFFIXES, folder_files, image_files
-from smids_eval.config import DataConfig, Profile, check_profile
 from smids_eval.data.synthetic import STYLES
 from smids_eval.errors import ConfigError, DataError
 
