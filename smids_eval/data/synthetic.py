@@ -93,8 +93,8 @@ class _Donor:
     class_mix: np.ndarray       # probabilities over CLASSES
 
 
-def _sample_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
-    """Donor acquisition settings; hues are spread evenly so donor colours differ clearly."""
+def _sample_legacy_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
+    """Legacy donors: hues spread evenly so donor colours differ clearly, skewed class mixes."""
     hues = (rng.permutation(n_donors) + rng.uniform(0.2, 0.8, n_donors)) / n_donors
     donors = []
     for hue in hues:
@@ -419,7 +419,7 @@ def generate(out_dir: str | os.PathLike, n_images: int = SPEC.n_images,
     out_dir = Path(out_dir)
     _prepare_target(out_dir)
     rng = np.random.default_rng(seed)
-    donors = (_sample_lab_donors if style == "lab" else _sample_donors)(rng, n_donors)
+    donors = (_sample_lab_donors if style == "lab" else _sample_legacy_donors)(rng, n_donors)
     donor_of = rng.permutation(np.repeat(np.arange(n_donors),
                                          _images_per_donor(rng, n_images, n_donors)))
     class_of = _assign_classes(rng, donor_of, donors)
