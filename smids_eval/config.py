@@ -14,6 +14,7 @@ from .toml import load_toml, studies_dir
 class DataConfig:
     image_size: int = 64            # decoded square size (px) fed to VGG19
     synthetic_images: int = 1200    # size of the embedded synthetic default set
+    synthetic_style: str = "lab"    # data.synthetic.STYLES; "legacy" only replays the golden run
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,16 @@ _RANGES: dict[str, dict[str, tuple]] = {
 }
 
 
+def _synthetic_styles() -> tuple[str, ...]:
+    from .data.synthetic import STYLES  # the generator owns its styles
+
+    return STYLES
+
+
+#: allowed values of the string choices of a profile, from their owners
+_CHOICES = {"data": {"synthetic_style": _synthetic_styles}}
+
+
 def _describe_range(low, high, low_in: bool, high_in: bool) -> str:
     if high is None:
         return f"{'≥' if low_in else '>'} {low}"
@@ -168,6 +179,10 @@ def check_ranges(section: str, obj, where: str) -> None:
                 allowed = _describe_range(low, high, low_in, high_in)
                 raise ConfigError(f"{where}: {key} = {value!r} is out of range (allowed: "
                                   f"{allowed}); correct it and rerun")
+    for key, allowed in _CHOICES.get(section, {}).items():
+        if getattr(obj, key) not in allowed():
+            raise ConfigError(f"{where}: {key} = {getattr(obj, key)!r} is not one of "
+                              f"{list(allowed())}; correct it and rerun")
 
 
 def check_profile(profile: Profile, where: str) -> None:

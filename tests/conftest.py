@@ -55,13 +55,14 @@ def tiny_folder(tmp_path) -> Path:
     return root
 
 
-def decoded_synthetic(folder: Path, n_images: int, seed: int, size: int = 32):
+def decoded_synthetic(folder: Path, n_images: int, seed: int, size: int = 32, style: str = "lab"):
     """A generated synthetic set decoded to size×size: (manifest DataFrame, uint8 images)."""
     import pandas as pd
 
     from smids_eval.data.synthetic import SPEC, generate
 
-    root = generate(folder / "smids", n_images=n_images, seed=seed, size_range=(size, size + 16))
+    root = generate(folder / "smids", n_images=n_images, seed=seed, size_range=(size, size + 16),
+                    style=style)
     manifest = pd.read_csv(root / SPEC.manifest_name)
     images = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((size, size)))
                        for p in manifest["path"]])

@@ -9,10 +9,12 @@ import pytest
 
 from smids_eval import CLASSES
 from smids_eval.cli import module_main
+from smids_eval.config import DataConfig, Profile, check_profile
 from smids_eval.data import cache, canonical_class, load_dataset, load_folder
 from smids_eval.data.decode import decode_image
 from smids_eval.data.scan import IMAGE_SUFFIXES, folder_files, image_files
-from smids_eval.errors import DataError
+from smids_eval.data.synthetic import STYLES
+from smids_eval.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -131,6 +133,19 @@ def test_source_order(tiny_folder, tmp_path, monkeypatch):
     shutil.copytree(tiny_folder, other)
     ds = load_dataset(other, size=8, cache_dir=tmp_path / "c")
     assert ds.source.origin == "--data-dir" and ds.root == other
+
+
+def test_synthetic_style_is_validated_and_keys_the_cached_set(tmp_path, monkeypatch):
+    """A profile's unknown style fails before any work; each style gets its own cached folder
+    (the golden run's "legacy" set never answers for the "lab" default)."""
+    with pytest.raises(ConfigError, match=r"synthetic_style = 'nope' is not one of \['lab', "):
+        check_profile(Profile(name="x", data=DataConfig(synthetic_style="nope")), "profile x")
+    monkeypatch.delenv("SMIDS_DATA_DIR", raising=False)
+    sets = {style: load_dataset(size=8, cache_dir=tmp_path, synthetic_images=17,
+                                synthetic_style=style) for style in STYLES}
+    assert len({ds.root for ds in sets.values()}) == len({ds.fingerprint for ds in sets.values()})
+    assert len({ds.root for ds in sets.values()}) == len(STYLES) == 2
+    assert all(style in ds.root.name for style, ds in sets.items())
 
 
 def test_report_cli(tiny_folder, capsys):

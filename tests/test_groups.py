@@ -26,8 +26,11 @@ PATHS = ["Normal_Sperm/a.bmp", "Abnormal_Sperm/b.bmp", "Non-Sperm/c.bmp"]
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
-    """340 synthetic images from 17 donors decoded to 32x32; returns (images, donors)."""
-    manifest, images = decoded_synthetic(tmp_path_factory.mktemp("groups"), n_images=340, seed=5)
+    """340 synthetic images from 17 donors decoded to 32x32; returns (images, donors). The
+    legacy style: donors in separate colour slots, so there are acquisition groups to recover
+    (the lab default's donors overlap on purpose)."""
+    manifest, images = decoded_synthetic(tmp_path_factory.mktemp("groups"), n_images=340, seed=5,
+                                         style="legacy")
     return images, manifest["donor"].to_numpy()
 
 

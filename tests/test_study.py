@@ -400,6 +400,7 @@ def test_cli_study_writes_the_report_and_prints_its_block(finished_run, cache_di
     assert module_main("study", args) == 0
     printed = capsys.readouterr().out
     assert report.is_file() and "## Published results" in report.read_text()
+    assert "synthetic SMIDS-like set**, a pipeline demonstration" in report.read_text()  # Limits
     assert printed == summary_text(run) + "\n" and "At a glance:" in printed
     report.unlink()
     report.mkdir()  # report.md cannot be written

@@ -93,10 +93,10 @@ def load_folder(root: str | Path, size: int, cache_dir: str | Path | None = None
 
 def load_dataset(data_dir: str | Path | None = None, *, size: int = 64,
                  cache_dir: str | Path | None = None, synthetic_images: int = 1200,
-                 synthetic_seed: int = 0) -> Dataset:
+                 synthetic_seed: int = 0, synthetic_style: str = "lab") -> Dataset:
     """Resolve the source (``--data-dir`` > ``SMIDS_DATA_DIR`` > synthetic), log it, load it."""
     cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
     source = resolve_source(data_dir, cache_dir, synthetic_images=synthetic_images,
-                            synthetic_seed=synthetic_seed)
+                            synthetic_seed=synthetic_seed, synthetic_style=synthetic_style)
     log.info("data: %s", source.describe())
     return load_folder(source.root, size, cache_dir, source)

@@ -23,17 +23,18 @@ class DataSource:
         return f"{self.root} (from {self.origin})"
 
 
-def synthetic_root(cache_dir: Path, n_images: int, seed: int) -> Path:
-    """Generate the synthetic set once into the cache (atomically: temp folder + rename)."""
+def synthetic_root(cache_dir: Path, n_images: int, seed: int, style: str = "lab") -> Path:
+    """Generate the synthetic set once into the cache (atomically: temp folder + rename); the
+    folder name holds every argument, so two styles or sizes never share a folder."""
     from .synthetic import generate
 
-    root = cache_dir / "synthetic" / f"smids-synthetic-n{n_images}-seed{seed}"
+    root = cache_dir / "synthetic" / f"smids-synthetic-{style}-n{n_images}-seed{seed}"
     if (root / SYNTHETIC_MANIFEST).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
     try:
-        generate(tmp, n_images=n_images, seed=seed)
+        generate(tmp, n_images=n_images, seed=seed, style=style)
         if root.exists():  # a half-made folder from an interrupted run
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -43,14 +44,14 @@ def synthetic_root(cache_dir: Path, n_images: int, seed: int) -> Path:
 
 
 def resolve_source(data_dir: str | Path | None, cache_dir: Path, *, synthetic_images: int = 1200,
-                   synthetic_seed: int = 0) -> DataSource:
+                   synthetic_seed: int = 0, synthetic_style: str = "lab") -> DataSource:
     """Pick the data folder in the documented order and say which one was used."""
     if data_dir:
         origin, root = "--data-dir", Path(data_dir)
     elif os.environ.get("SMIDS_DATA_DIR"):
         origin, root = "SMIDS_DATA_DIR", Path(os.environ["SMIDS_DATA_DIR"])
     else:
-        root = synthetic_root(cache_dir, synthetic_images, synthetic_seed)
+        root = synthetic_root(cache_dir, synthetic_images, synthetic_seed, synthetic_style)
         return DataSource(root, "synthetic", root / SYNTHETIC_MANIFEST)
     manifest = root / SYNTHETIC_MANIFEST
     return DataSource(root, origin, manifest if manifest.is_file() else None)

@@ -1,14 +1,28 @@
 """Synthetic SMIDS-like crops: the embedded default data set and the test fixture.
 
-Images are drawn with PIL on a stained-smear background and saved in the SMIDS layout
-(``<out>/<class>/*.bmp``) with a donor manifest ``<out>/donors.csv`` (``path,donor``).
-Every donor has its own stain hue, brightness, blur, noise and class mix, so donor identity
-is learnable from acquisition statistics and a split that ignores donors is optimistic.
+A pipeline demonstration, not a model of real sperm images. Crops are drawn with PIL on a
+stained-smear background and saved in the SMIDS layout (``<out>/<class>/*.bmp``) with a donor
+manifest ``<out>/donors.csv`` (``path,donor``).
+
+Two styles (``STYLES``):
+
+* ``"lab"`` (the default): the class is in the shape (normal = smooth oval head of near-constant
+  size and a straight tail; abnormal = tapered, pear-shaped, round, oversized, amorphous or double
+  heads, often with vacuoles, or oval heads with a hairpin-bent or coiled tail and a cytoplasmic
+  droplet; non-sperm = round cells, debris or empty fields without a tail). Donors share one stain
+  protocol with mild, overlapping differences (hue, brightness, blur, noise, with per-image
+  jitter of the same size) and near-balanced class mixes with mild skew, so grouping by donor
+  costs a little optimism, as in a lab, but donor identity does not predict the class. Faint
+  smear specks make every field distinct (similar cells are not linked as re-crops of one cell).
+* ``"legacy"``: the earlier generator (donor hues in separate slots, Dirichlet(1.2) class mixes:
+  donor identity predicts the class). Kept so the golden regression test can replay a run made
+  before the change, and as a fixture with recoverable acquisition groups; not a demonstration.
 """
 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import math
 import os
 import shutil
@@ -41,9 +55,24 @@ class SyntheticSpec:
                            "double_head", "bent_tail", "coiled_tail"),
         "Non-Sperm": ("debris", "round_cell", "clump", "empty_field"),
     })
+    lab_shape_kinds: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "Normal_Sperm": ("oval_head",),
+        "Abnormal_Sperm": ("tapered_head", "pyriform_head", "round_head", "amorphous_head",
+                           "double_head", "macro_head", "bent_tail", "coiled_tail"),
+        "Non-Sperm": ("debris", "round_cell", "empty_field"),
+    })
+    styles: tuple[str, ...] = ("lab", "legacy")
+    lab_class_concentration: float = 12.0   # Dirichlet alpha per class: near balanced, mild skew
 
 
 SPEC = SyntheticSpec()
+STYLES = SPEC.styles
+
+
+def check_style(style: str) -> None:
+    """A ConfigError naming the allowed styles when ``style`` is not one of them."""
+    if style not in STYLES:
+        raise ConfigError(f"synthetic_style = {style!r} is unknown; use one of {list(STYLES)}")
 
 
 def donor_name(donor: int) -> str:
@@ -64,8 +93,8 @@ class _Donor:
     class_mix: np.ndarray       # probabilities over CLASSES
 
 
-def _sample_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
-    """Donor acquisition settings; hues are spread evenly so donor colours differ clearly."""
+def _sample_legacy_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
+    """Legacy donors: hues spread evenly so donor colours differ clearly, skewed class mixes."""
     hues = (rng.permutation(n_donors) + rng.uniform(0.2, 0.8, n_donors)) / n_donors
     donors = []
     for hue in hues:
@@ -81,6 +110,36 @@ def _sample_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
             class_mix=rng.dirichlet(np.full(len(CLASSES), 1.2)),
         ))
     return donors
+
+
+def _hsv(hue: float, sat: float, val: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, sat, val))
+
+
+def _sample_lab_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
+    """Donors of one lab: one stain protocol with mild, overlapping variation around it, and
+    near-balanced class mixes (Dirichlet with a large concentration)."""
+    alpha = np.full(len(CLASSES), SPEC.lab_class_concentration)
+    return [_Donor(
+        background=_hsv(0.88 + rng.normal(0, 0.015), rng.uniform(0.14, 0.22),
+                        rng.uniform(0.76, 0.84)),
+        stain=_hsv(0.72 + rng.normal(0, 0.015), rng.uniform(0.48, 0.6), rng.uniform(0.26, 0.34)),
+        gain=float(rng.uniform(0.95, 1.05)), blur=float(rng.uniform(0.4, 1.0)),
+        noise=float(rng.uniform(2.5, 5.0)), field_amplitude=float(rng.uniform(0.02, 0.04)),
+        class_mix=rng.dirichlet(alpha),
+    ) for _ in range(n_donors)]
+
+
+def _jitter(donor: _Donor, rng: np.random.Generator) -> _Donor:
+    """Per-image acquisition variation as large as the between-donor one (lab style), so donors
+    overlap instead of forming clusters."""
+    return dataclasses.replace(
+        donor,
+        background=np.clip(donor.background + rng.normal(0, 0.015, 3), 0, 1),
+        stain=np.clip(donor.stain + rng.normal(0, 0.015, 3), 0, 1),
+        gain=donor.gain * float(rng.uniform(0.96, 1.04)),
+        blur=max(0.0, donor.blur + float(rng.normal(0, 0.25))),
+        noise=donor.noise * float(rng.uniform(0.8, 1.25)))
 
 
 def _images_per_donor(rng: np.random.Generator, n_images: int, n_donors: int) -> np.ndarray:
@@ -177,6 +236,75 @@ def _draw_sperm(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.
     draw.polygon(_transform(acrosome, angle, centre), fill=int(rng.integers(150, 195)))
 
 
+def _lab_head_outlines(kind: str, length: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Lab-style heads: the abnormal forms are exaggerated enough to show at 64 px."""
+    a = length / 2
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    if kind == "tapered_head":
+        return [_ellipse(a * 1.4, a * 0.25)]
+    if kind == "pyriform_head":
+        return [np.stack([a * 1.2 * np.cos(t), a * 1.0 * np.sin(t) * (0.35 + 0.65 * np.cos(t))],
+                         axis=1)]
+    if kind == "round_head":
+        return [_ellipse(a, a)]
+    if kind == "macro_head":
+        return [_ellipse(a * 1.6, a * 1.0)]
+    if kind == "amorphous_head":
+        wobble = sum(rng.uniform(0.15, 0.3) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+                     for k in (2, 3, 5))
+        r = 1 + wobble
+        return [np.stack([a * 1.1 * r * np.cos(t), a * 0.8 * r * np.sin(t)], axis=1)]
+    if kind == "double_head":
+        return [_ellipse(a, a * 0.6, dx=a * 0.3, dy=-a * 0.75),
+                _ellipse(a, a * 0.6, dx=a * 0.3, dy=a * 0.75)]
+    return [_ellipse(a, a * 0.62)]  # oval head (normal, bent tail, coiled tail)
+
+
+def _lab_tail_points(kind: str, start: float, length: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Lab-style tails: a bent tail folds back sharply (a hairpin), a coiled one winds into wide
+    loops beside the head, others as ``_tail_points``."""
+    u = np.linspace(0, 1, 40)
+    if kind == "coiled_tail":
+        radius = length * rng.uniform(0.12, 0.16)
+        phi = 2 * np.pi * rng.uniform(1.5, 2.5) * u
+        return np.stack([start - radius * np.sin(phi) - length * 0.15 * u,
+                         radius * (1 - np.cos(phi))], axis=1)
+    if kind != "bent_tail":
+        return _tail_points(kind, start, length, rng)
+    tail = np.stack([start - length * u, np.zeros_like(u)], axis=1)
+    knee = int(rng.integers(10, 22))
+    bend = rng.choice([-1, 1]) * rng.uniform(2.2, 2.9)
+    c, s = math.cos(bend), math.sin(bend)
+    tail[knee:] = tail[knee] + (tail[knee:] - tail[knee]) @ np.array([[c, s], [-s, c]])
+    return tail
+
+
+def _draw_lab_sperm(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.Generator):
+    """A near-centred spermatozoon of near-constant size (normal heads are uniform) with a tail
+    thick enough to survive 64 px; half of the abnormal heads carry vacuoles."""
+    length = size * rng.uniform(0.29, 0.33)
+    centre = tuple(size / 2 + rng.uniform(-0.08, 0.08, 2) * size)
+    angle = rng.uniform(0, 2 * np.pi)
+    width = max(1, round(size / 35))
+    tail = _lab_tail_points(kind, -length / 2, size * rng.uniform(0.4, 0.55), rng)
+    draw.line(_transform(tail, angle, centre), fill=int(rng.integers(130, 180)), width=width)
+    draw.line(_transform(tail[:8], angle, centre), fill=210, width=max(width + 1, round(length / 5)))
+    for outline in _lab_head_outlines(kind, length, rng):
+        draw.polygon(_transform(outline, angle, centre), fill=int(rng.integers(225, 256)))
+    if kind != "round_head":  # round heads lack the acrosome (globozoospermia)
+        acrosome = _ellipse(length * 0.22, length * 0.2, dx=length * 0.22)
+        draw.polygon(_transform(acrosome, angle, centre), fill=int(rng.integers(150, 190)))
+    if kind in ("bent_tail", "coiled_tail"):  # a retained cytoplasmic droplet at the midpiece
+        droplet = _ellipse(length * 0.25, length * 0.2, dx=-length * 0.75, n=16)
+        draw.polygon(_transform(droplet, angle, centre), fill=int(rng.integers(170, 215)))
+    if kind != "oval_head" and rng.random() < 0.75:
+        for _ in range(int(rng.integers(2, 5))):
+            spot = _ellipse(*(length * rng.uniform(0.06, 0.1, 2)),
+                            *(length * rng.uniform(-0.25, 0.25, 2)), n=16)
+            draw.polygon(_transform(spot, angle, centre), fill=int(rng.integers(60, 110)))
+
+
 def _blob(rng: np.random.Generator, radius: float, irregular: float) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     r = radius * (1 + irregular * rng.uniform(-1, 1, t.size))
@@ -205,6 +333,15 @@ def _draw_non_sperm(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.ran
             place(_blob(rng, size * 0.015 + 1, 0.3), 0.45, int(rng.integers(60, 120)))
 
 
+def _draw_specks(draw: ImageDraw.ImageDraw, width: int, height: int, rng: np.random.Generator):
+    """Faint smear debris scattered over the whole crop (lab style): every field differs, so
+    two crops of similar cells are not mistaken for re-crops of one cell."""
+    for _ in range(int(rng.integers(8, 16))):
+        r = min(width, height) * rng.uniform(0.008, 0.03)
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=int(rng.integers(40, 110)))
+
+
 # ----------------------------------------------------------------------------- rendering
 
 def _background(rng: np.random.Generator, donor: _Donor, width: int, height: int) -> np.ndarray:
@@ -219,15 +356,19 @@ def _background(rng: np.random.Generator, donor: _Donor, width: int, height: int
 
 
 def _render(kind: str, class_name: str, donor: _Donor, width: int, height: int,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, style: str) -> np.ndarray:
     """One crop as a uint8 (H, W, 3) array."""
     size = min(width, height)
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     if class_name == "Non-Sperm":
         _draw_non_sperm(draw, kind, size, rng)
+    elif style == "lab":
+        _draw_lab_sperm(draw, kind, size, rng)
     else:
         _draw_sperm(draw, kind, size, rng)
+    if style == "lab":
+        _draw_specks(draw, width, height, rng)
     alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
     image = _background(rng, donor, width, height) * (1 - alpha) + donor.stain * alpha
     image = Image.fromarray(np.clip(image * 255, 0, 255).astype(np.uint8), "RGB")
@@ -263,20 +404,22 @@ def _prepare_target(out_dir: Path) -> None:
 
 def generate(out_dir: str | os.PathLike, n_images: int = SPEC.n_images,
              n_donors: int = SPEC.n_donors, seed: int = 0,
-             size_range: tuple[int, int] = SPEC.size_range) -> Path:
+             size_range: tuple[int, int] = SPEC.size_range, style: str = "lab") -> Path:
     """Write a synthetic SMIDS-like data set to ``out_dir`` and return its path.
 
-    Same arguments give byte-identical files. Images are built in a temporary sibling folder
+    ``style`` is ``"lab"`` (default) or ``"legacy"`` (module docstring). Same arguments give
+    byte-identical files. Images are built in a temporary sibling folder
     that is renamed to ``out_dir`` only when complete (manifest last), so an interrupted run
     never leaves a partial data set. ``out_dir`` must be absent or empty.
     """
     import pandas as pd
 
+    check_style(style)
     _check_arguments(n_images, n_donors, size_range)
     out_dir = Path(out_dir)
     _prepare_target(out_dir)
     rng = np.random.default_rng(seed)
-    donors = _sample_donors(rng, n_donors)
+    donors = (_sample_lab_donors if style == "lab" else _sample_legacy_donors)(rng, n_donors)
     donor_of = rng.permutation(np.repeat(np.arange(n_donors),
                                          _images_per_donor(rng, n_images, n_donors)))
     class_of = _assign_classes(rng, donor_of, donors)
@@ -285,7 +428,8 @@ def generate(out_dir: str | os.PathLike, n_images: int = SPEC.n_images,
     try:
         for name in SPEC.classes:
             (work / name).mkdir()
-        rows = [_write_image(work, index, int(d), donors[d], SPEC.classes[c], seed, size_range)
+        rows = [_write_image(work, index, int(d), donors[d], SPEC.classes[c], seed, size_range,
+                             style)
                 for index, (d, c) in enumerate(zip(donor_of, class_of, strict=True))]
         write_csv(work / SPEC.manifest_name, pd.DataFrame(rows, columns=SPEC.manifest_columns))
         if out_dir.exists():
@@ -298,14 +442,17 @@ def generate(out_dir: str | os.PathLike, n_images: int = SPEC.n_images,
 
 
 def _write_image(root: Path, index: int, donor: int, settings: _Donor, class_name: str,
-                 seed: int, size_range: tuple[int, int]) -> tuple[str, str]:
+                 seed: int, size_range: tuple[int, int], style: str) -> tuple[str, str]:
     """Draw and save image ``index``; return its manifest row."""
     rng = np.random.default_rng([seed, index])
-    kind = str(rng.choice(SPEC.shape_kinds[class_name]))
+    kinds = SPEC.lab_shape_kinds if style == "lab" else SPEC.shape_kinds
+    kind = str(rng.choice(kinds[class_name]))
     low, high = size_range
     height = int(rng.integers(low, high + 1))
     width = int(np.clip(round(height * rng.uniform(0.92, 1.08)), low, high))
-    pixels = _render(kind, class_name, settings, width, height, rng)
+    if style == "lab":
+        settings = _jitter(settings, rng)
+    pixels = _render(kind, class_name, settings, width, height, rng, style)
     relative = f"{class_name}/d{donor + 1:02d}_{index:05d}{SPEC.suffix}"
     Image.fromarray(pixels, "RGB").save(root / relative, format="BMP")
     return relative, donor_name(donor + 1)

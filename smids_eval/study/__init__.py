@@ -158,7 +158,8 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     dataset = load_dataset(config.data_dir, size=profile.data.image_size, cache_dir=cache_dir,
                            synthetic_images=profile.data.synthetic_images,
-                           synthetic_seed=config.seed)
+                           synthetic_seed=config.seed,
+                           synthetic_style=profile.data.synthetic_style)
     log.info("data: %s — %d images, fingerprint %s", dataset.source.describe(), len(dataset),
              dataset.fingerprint)
     units = same_cell_units(dataset)
