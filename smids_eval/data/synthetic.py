@@ -91,6 +91,7 @@ class _Donor:
     noise: float                # grain standard deviation (0-255 units)
     field_amplitude: float      # strength of the low-frequency colour field
     class_mix: np.ndarray       # probabilities over CLASSES
+    kind_mix: dict | None = None  # lab style: the donor's own mix of forms within each class
 
 
 def _sample_legacy_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
@@ -127,6 +128,7 @@ def _sample_lab_donors(rng: np.random.Generator, n_donors: int) -> list[_Donor]:
         gain=float(rng.uniform(0.95, 1.05)), blur=float(rng.uniform(0.4, 1.0)),
         noise=float(rng.uniform(2.5, 5.0)), field_amplitude=float(rng.uniform(0.02, 0.04)),
         class_mix=rng.dirichlet(alpha),
+        kind_mix={c: rng.dirichlet(np.full(len(k), 0.3)) for c, k in SPEC.lab_shape_kinds.items()},
     ) for _ in range(n_donors)]
 
 
@@ -445,8 +447,10 @@ def _write_image(root: Path, index: int, donor: int, settings: _Donor, class_nam
                  seed: int, size_range: tuple[int, int], style: str) -> tuple[str, str]:
     """Draw and save image ``index``; return its manifest row."""
     rng = np.random.default_rng([seed, index])
-    kinds = SPEC.lab_shape_kinds if style == "lab" else SPEC.shape_kinds
-    kind = str(rng.choice(kinds[class_name]))
+    if style == "lab":
+        kind = str(rng.choice(SPEC.lab_shape_kinds[class_name], p=settings.kind_mix[class_name]))
+    else:
+        kind = str(rng.choice(SPEC.shape_kinds[class_name]))
     low, high = size_range
     height = int(rng.integers(low, high + 1))
     width = int(np.clip(round(height * rng.uniform(0.92, 1.08)), low, high))
