@@ -163,3 +163,20 @@ def test_report_on_real_copy(real_smids, capsys):
     assert "images: 3000" in out
     assert "Normal_Sperm      1021" in out and "Abnormal_Sperm    1005" in out
     assert "exact duplicates" in out
+
+
+def test_workers_generating_the_synthetic_set_together_share_one_copy(tmp_path):
+    """Three processes resolving the synthetic default on one fresh cache: one generates it,
+    the others wait for it; none deletes the copy another is reading."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from smids_eval.data.source import "
+            "synthetic_root; r = synthetic_root(Path(sys.argv[1]), 60, 0); "
+            "print(len(list(r.rglob('*.bmp'))))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [o.strip() for o, _ in outs] == ["60"] * 3
+    assert len([d for d in (tmp_path / "synthetic").iterdir() if d.is_dir()]) == 1

@@ -26,20 +26,26 @@ class DataSource:
 def synthetic_root(cache_dir: Path, n_images: int, seed: int, style: str = "lab") -> Path:
     """Generate the synthetic set once into the cache (atomically: temp folder + rename); the
     folder name holds every argument, so two styles or sizes never share a folder."""
+    from filelock import FileLock
+
     from .synthetic import generate
 
     root = cache_dir / "synthetic" / f"smids-synthetic-{style}-n{n_images}-seed{seed}"
     if (root / SYNTHETIC_MANIFEST).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
-    try:
-        generate(tmp, n_images=n_images, seed=seed, style=style)
-        if root.exists():  # a half-made folder from an interrupted run
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # workers starting together on a fresh cache: one generates, the others wait and reuse it
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        if (root / SYNTHETIC_MANIFEST).is_file():
+            return root
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
+        try:
+            generate(tmp, n_images=n_images, seed=seed, style=style)
+            if root.exists():  # a half-made folder from an interrupted run
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
