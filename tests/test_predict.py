@@ -31,7 +31,7 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
                                    settings=("tuned",), trials=1, out=str(out),
                                    cache_dir=str(cache), progress=False, seed=2))
     run_dir = result.run.root
-    (data,) = (cache / "synthetic").iterdir()
+    (data,) = [d for d in (cache / "synthetic").iterdir() if d.is_dir()]
     return run_dir, data
 
 
