@@ -6,10 +6,14 @@ on. While it computes, a heartbeat thread refreshes the file's modification time
 removed once the result is saved. A claim is stale, and is taken over, when its worker is a dead
 process on this host, or when its heartbeat is older than ``stale_after`` seconds (a worker on
 another machine that died): the taker replaces the file atomically and keeps the claim only if
-its own token is the one that stays."""
+its own token is the one that stays.
+
+Workers also register under ``RUN/claims/workers/`` so that those sharing one machine can split
+its cores (``live_here``) instead of oversubscribing them."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -47,6 +51,41 @@ class Claims:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.token = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
 
+    # ------------------------------------------------------------------ workers on this host
+    def _worker_file(self, host: str, pid: int) -> Path:
+        return self.folder / "workers" / f"{host}.{pid}.worker"
+
+    def join(self) -> None:
+        """Register this worker (until ``leave`` or process exit)."""
+        path = self._worker_file(self.host, self.pid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        atexit.register(self.leave)
+
+    def leave(self) -> None:
+        """Unregister this worker and remove the folder once no worker is registered."""
+        folder = self._worker_file(self.host, self.pid).parent
+        self._worker_file(self.host, self.pid).unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:  # other workers remain, or already gone
+            pass
+
+    def live_here(self) -> int:
+        """How many registered workers of this run folder are alive on this host (≥ 1); the
+        files of dead ones are removed on the way."""
+        live = 1
+        for path in (self.folder / "workers").glob(f"{self.host}.*.worker"):
+            pid = int(path.name[:-len(".worker")].rsplit(".", 1)[1])
+            if pid == self.pid:
+                continue
+            if _alive(pid):
+                live += 1
+            else:
+                path.unlink(missing_ok=True)
+        return live
+
+    # ------------------------------------------------------------------ claims
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.claim"
 

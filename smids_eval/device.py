@@ -17,6 +17,8 @@ import torch
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# intra-op threads this process started with: OMP_NUM_THREADS if set, else the physical cores
+CPU_THREADS = torch.get_num_threads()
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -36,6 +38,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps requested but MPS is not available; use --device auto or cpu")
     return torch.device(name)
+
+
+def share_cpu(workers: int) -> int:
+    """Use this process's share of the CPU threads while ``workers`` study processes run on this
+    machine: each one using every core makes two workers slower in total than one."""
+    threads = max(1, CPU_THREADS // max(1, workers))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -16,6 +16,7 @@ from . import CLASSES
 from .claims import Claims
 from .config import load_search_space
 from .data import class_slug
+from .device import share_cpu
 from .engine import Engine
 from .evaluate import batch_shift_keys, evaluate_fold, fit_batch_test, fit_confidence_artifacts
 from .evaluate.descriptors import DESCRIPTORS, block_moments, image_statistics
@@ -95,7 +96,10 @@ class FoldRunner:
     def __init__(self, ctx, variant: Variant, shared: dict, timer: StageTimer | None = None):
         self.ctx, self.variant, self.shared = ctx, variant, shared
         # one claimant per study process: work is claimed once across workers (claims.py)
-        self.claims = shared.setdefault("claims", Claims(ctx.run.root))
+        if "claims" not in shared:
+            shared["claims"] = Claims(ctx.run.root)
+            shared["claims"].join()
+        self.claims = shared["claims"]
         self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed
@@ -152,8 +156,7 @@ class FoldRunner:
         self.repeat, self.split = repeat, plan
         train_idx, test_idx = plan.outer(fold)
         inner_train, inner_val = plan.inner(fold, 0)
-        with self.timer.stage("features"):
-            shift_idx, shifted, shifted_desc = self._shifted(fold, test_idx)
+        shift = None  # the fold's shifted copies, made once this worker computes one of its arms
         computed = {s for arm, s in ctx.arms(v) if arm == v.name}
         arms = [(v.name, s) for s in ctx.config.settings if s in computed]
         if (self.rf_name, RF_SETTING) in ctx.arms(v):
@@ -167,6 +170,11 @@ class FoldRunner:
                     log.info("%s repeat %d fold %d %s: claimed by another worker, moving on",
                              name, repeat, fold, setting)
                 elif ctx.config.force or not ctx.run.done(name, repeat, fold, setting):
+                    share_cpu(self.claims.live_here())
+                    if shift is None:
+                        with self.timer.stage("features"):
+                            shift = self._shifted(fold, test_idx)
+                    shift_idx, shifted, shifted_desc = shift
                     if name == self.rf_name:
                         with self.timer.stage("rf_head"):
                             self._random_forest(fold, inner_train, inner_val, test_idx,

@@ -53,6 +53,16 @@ def ensure_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def _file_mode() -> int:
+    """What ``open`` would give a new file: 0666 less the umask (read once, at import)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temp file next to ``path``; on clean exit fsync it and rename it over ``path``.
@@ -71,6 +81,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are for others to read too
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -93,9 +104,19 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:
-    """Write a pandas DataFrame as CSV atomically (no index)."""
-    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        frame.to_csv(fh, index=False)
+    """Write a pandas DataFrame as CSV atomically (no index); a ``.gz`` path is gzipped with a
+    zero timestamp, so the same table always gives the same bytes."""
+    if not str(path).endswith(".gz"):
+        with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        return
+    import gzip
+    import io
+
+    with atomic_open(path, "wb") as fh:
+        with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz, \
+                io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
+            frame.to_csv(text, index=False)
 
 
 def save_torch(path: str | os.PathLike, obj) -> None:

@@ -2,9 +2,9 @@
 
 Every evaluator names a metric by its structured parts and gets the wide ``folds.csv`` column
 back from ``metric_column``; the parts travel with the value (``records`` on the saved fold, then
-``RUN/metrics.csv``), so no reader ever parses a column name.
+``RUN/metrics.csv.gz``), so no reader ever parses a column name.
 
-Tidy vocabulary (one row of ``metrics.csv`` per fold × metric):
+Tidy vocabulary (one row of ``metrics.csv.gz`` per fold × metric):
 
 - ``family``: classification, calibration, mc_dropout, selective, conformal, ood, shift, batch;
 - ``set``: the data the metric is measured on: ``test`` (``HELD_OUT``, the held-out outer fold of
@@ -36,7 +36,7 @@ _ORDER = {"classification": ("metric",), "calibration": ("metric",), "mc_dropout
 #: the held-out outer fold; its columns spell it ``heldout`` where a set is named
 HELD_OUT = "test"
 _SPELLED = {HELD_OUT: "heldout"}
-#: the tidy columns of metrics.csv after the fold keys
+#: the tidy columns of metrics.csv.gz after the fold keys
 PARTS = ("family", "set", "method", "metric")
 #: metrics that are not proportions (base name, before class / alpha qualifiers)
 KINDS = {"nll": "value", "brier": "value", "temperature": "value", "set_size": "value",

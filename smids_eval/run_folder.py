@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: key of a fold JSON holding the parts of each metric column (``metric_names.records``)
 TIDY_KEY = "metric_parts"
-#: the columns of ``metrics.csv``: the fold's identity, then the tidy parts and the value
+#: the columns of ``metrics.csv.gz``: the fold's identity, then the tidy parts and the value
 TIDY_COLUMNS = ["run", "variant", "setting", "repeat", "fold", *PARTS, "value"]
 
 #: per-fold file stem: repeat r of the group-to-fold assignment, outer fold k, setting
@@ -104,8 +104,8 @@ class RunFolder:
 
     @property
     def metrics_csv(self) -> Path:
-        """Long table: one row per fold × metric (``TIDY_COLUMNS``)."""
-        return self.root / "metrics.csv"
+        """Long table, gzipped (tens of MB as text): one row per fold × metric (``TIDY_COLUMNS``)."""
+        return self.root / "metrics.csv.gz"
 
     @property
     def leaderboard(self) -> Path:
@@ -232,7 +232,7 @@ class RunFolder:
         return frame
 
     def write_metrics_csv(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``metrics.csv`` (see ``tidy``); returns (metrics, parts)."""
+        """``metrics.csv.gz`` (see ``tidy``); returns (metrics, parts)."""
         metrics, parts = self.tidy()
         write_csv(self.metrics_csv, metrics)
         return metrics, parts

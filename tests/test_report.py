@@ -142,10 +142,10 @@ def test_stripped_run_still_builds_and_says_not_available(study, tmp_path):
     folds = folds[~folds["variant"].str.endswith("+RF")]
     folds = folds[[c for c in folds if not c.startswith(("mc_", "ood_", "shift_"))]]
     folds.to_csv(copy / "folds.csv", index=False)
-    metrics = pd.read_csv(copy / "metrics.csv")
+    metrics = pd.read_csv(copy / "metrics.csv.gz")
     metrics = metrics[~metrics["variant"].str.endswith("+RF")
                       & ~metrics["family"].isin(["mc_dropout", "ood", "shift"])]
-    metrics.to_csv(copy / "metrics.csv", index=False)
+    metrics.to_csv(copy / "metrics.csv.gz", index=False)
     _, parts = RunFolder(run).tidy()
     summarise(folds, parts).to_csv(copy / "leaderboard.csv", index=False)
     text = build_report(copy).read_text()
@@ -316,7 +316,7 @@ def test_at_a_glance_numbers_equal_the_ones_recomputed_from_metrics_csv(study):
 
     run, _ = study
     facts = glance_facts(Report.load(run))
-    m = pd.read_csv(run / "metrics.csv")
+    m = pd.read_csv(run / "metrics.csv.gz")
     neural = m[~m["variant"].str.endswith("+RF")]
     f1 = neural[neural["metric"] == "macro_f1"].groupby(["variant", "setting"])["value"].mean()
     assert facts["best"] == f1.idxmax()
@@ -352,7 +352,7 @@ def test_ood_and_shift_tables_are_queries_on_metrics_csv_matching_folds_csv(stud
     from smids_eval.report import figures as fg
 
     run, _ = study
-    folds, m = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv")
+    folds, m = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv.gz")
     part = m[(m["variant"] == "F.1") & (m["setting"] == "specified")]
     rows = folds[(folds["variant"] == "F.1") & (folds["setting"] == "specified")]
     for metric in ("auroc", "fpr95", "flagged"):

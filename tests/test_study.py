@@ -426,7 +426,7 @@ def test_metrics_csv_holds_every_metric_of_folds_csv_once_with_the_same_value(fi
     from smids_eval.metric_names import column
 
     _, run, _ = finished_run
-    folds, metrics = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv")
+    folds, metrics = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv.gz")
     assert list(metrics.columns) == ["run", "variant", "setting", "repeat", "fold", "family",
                                      "set", "method", "metric", "value"]
     metrics["column"] = [column(f, s, m, k) for f, s, m, k in zip(

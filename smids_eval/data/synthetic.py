@@ -181,25 +181,61 @@ def _ellipse(a: float, b: float, dx: float = 0.0, dy: float = 0.0, n: int = 40) 
     return np.stack([dx + a * np.cos(t), dy + b * np.sin(t)], axis=1)
 
 
-def _head_outlines(kind: str, length: float, rng: np.random.Generator) -> list[np.ndarray]:
+def _amorphous(rx: float, ry: float, wobble: tuple[float, float],
+               rng: np.random.Generator) -> np.ndarray:
+    """An irregular head: an ellipse whose radius wobbles at 2, 3 and 5 cycles per turn."""
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    r = 1 + sum(rng.uniform(*wobble) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+                for k in (2, 3, 5))
+    return np.stack([rx * r * np.cos(t), ry * r * np.sin(t)], axis=1)
+
+
+@dataclass(frozen=True)
+class _HeadLook:
+    """Head forms of one style, as multiples of the half head length ``a``."""
+
+    tapered: tuple[float, float]                  # semi-axes
+    pyriform: tuple[float, float, float, float]   # semi-axes; width × (k0 + k1 cos t)
+    round: float                                  # radius
+    macro: tuple[float, float] | None             # semi-axes (lab style only)
+    amorphous: tuple[float, float, tuple[float, float]]  # semi-axes, wobble range
+    double: tuple[float, float]                   # offset of the two heads (dx, dy)
+
+
+_LEGACY_HEADS = _HeadLook(tapered=(1.15, 0.36), pyriform=(1.0, 0.75, 0.55, 0.45), round=0.75,
+                          macro=None, amorphous=(1.05, 0.7, (0.08, 0.22)), double=(0.0, 0.6))
+# the lab style's abnormal forms are exaggerated enough to show at 64 px
+_LAB_HEADS = _HeadLook(tapered=(1.4, 0.25), pyriform=(1.2, 1.0, 0.35, 0.65), round=1.0,
+                       macro=(1.6, 1.0), amorphous=(1.1, 0.8, (0.15, 0.3)), double=(0.3, 0.75))
+
+
+def _head_outlines(kind: str, length: float, rng: np.random.Generator,
+                   look: _HeadLook = _LEGACY_HEADS) -> list[np.ndarray]:
     """Head polygons in local coordinates (front towards +x, centred on the origin)."""
     a = length / 2
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     if kind == "tapered_head":
-        return [_ellipse(a * 1.15, a * 0.36)]
+        return [_ellipse(a * look.tapered[0], a * look.tapered[1])]
     if kind == "pyriform_head":
-        b = a * 0.75
-        return [np.stack([a * np.cos(t), b * np.sin(t) * (0.55 + 0.45 * np.cos(t))], axis=1)]
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        fx, fy, k0, k1 = look.pyriform
+        return [np.stack([a * fx * np.cos(t), a * fy * np.sin(t) * (k0 + k1 * np.cos(t))],
+                         axis=1)]
     if kind == "round_head":
-        return [_ellipse(a * 0.75, a * 0.75)]
+        return [_ellipse(a * look.round, a * look.round)]
+    if kind == "macro_head" and look.macro is not None:
+        return [_ellipse(a * look.macro[0], a * look.macro[1])]
     if kind == "amorphous_head":
-        wobble = sum(rng.uniform(0.08, 0.22) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-                     for k in (2, 3, 5))
-        r = 1 + wobble
-        return [np.stack([a * 1.05 * r * np.cos(t), a * 0.7 * r * np.sin(t)], axis=1)]
+        fx, fy, wobble = look.amorphous
+        return [_amorphous(a * fx, a * fy, wobble, rng)]
     if kind == "double_head":
-        return [_ellipse(a, a * 0.6, dy=-a * 0.6), _ellipse(a, a * 0.6, dy=a * 0.6)]
+        dx, dy = look.double
+        return [_ellipse(a, a * 0.6, dx=a * dx, dy=-a * dy),
+                _ellipse(a, a * 0.6, dx=a * dx, dy=a * dy)]
     return [_ellipse(a, a * 0.62)]  # oval head (normal, bent tail, coiled tail)
+
+
+def _lab_head_outlines(kind: str, length: float, rng: np.random.Generator) -> list[np.ndarray]:
+    return _head_outlines(kind, length, rng, _LAB_HEADS)
 
 
 def _tail_points(kind: str, start: float, length: float, rng: np.random.Generator) -> np.ndarray:
@@ -223,43 +259,52 @@ def _tail_points(kind: str, start: float, length: float, rng: np.random.Generato
     return wave
 
 
+@dataclass(frozen=True)
+class _CellLook:
+    """How one style draws a spermatozoon: sizes as fractions of the crop, grey-level ranges,
+    and its head-outline and tail functions."""
+
+    length: tuple[float, float]
+    jitter: float
+    width_divisor: float
+    tail_length: tuple[float, float]
+    tail_fill: tuple[int, int]
+    head_fill: tuple[int, int]
+    acrosome_fill: tuple[int, int]
+    heads: object
+    tails: object
+    round_heads_lack_acrosome: bool
+
+
+def _draw_cell(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.Generator,
+               look: _CellLook) -> tuple[float, float, tuple]:
+    """Tail, midpiece, head(s) and acrosome of one spermatozoon at a random place and angle;
+    returns (head length, angle, centre) for what a style adds on top."""
+    length = size * rng.uniform(*look.length)
+    centre = tuple(size / 2 + rng.uniform(-look.jitter, look.jitter, 2) * size)
+    angle = rng.uniform(0, 2 * np.pi)
+    width = max(1, round(size / look.width_divisor))
+    tail = look.tails(kind, -length / 2, size * rng.uniform(*look.tail_length), rng)
+    draw.line(_transform(tail, angle, centre), fill=int(rng.integers(*look.tail_fill)), width=width)
+    draw.line(_transform(tail[:8], angle, centre), fill=210, width=max(width + 1, round(length / 5)))
+    for outline in look.heads(kind, length, rng):
+        draw.polygon(_transform(outline, angle, centre), fill=int(rng.integers(*look.head_fill)))
+    if not (look.round_heads_lack_acrosome and kind == "round_head"):  # globozoospermia
+        acrosome = _ellipse(length * 0.22, length * 0.2, dx=length * 0.22)
+        draw.polygon(_transform(acrosome, angle, centre),
+                     fill=int(rng.integers(*look.acrosome_fill)))
+    return length, angle, centre
+
+
+_LEGACY_LOOK = _CellLook(length=(0.14, 0.2), jitter=0.15, width_divisor=110,
+                         tail_length=(0.45, 0.7), tail_fill=(110, 170), head_fill=(215, 256),
+                         acrosome_fill=(150, 195), heads=_head_outlines, tails=_tail_points,
+                         round_heads_lack_acrosome=False)
+
+
 def _draw_sperm(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.Generator):
     """Head, acrosome, midpiece and tail of one spermatozoon at a random place and angle."""
-    length = size * rng.uniform(0.14, 0.2)
-    centre = tuple(size / 2 + rng.uniform(-0.15, 0.15, 2) * size)
-    angle = rng.uniform(0, 2 * np.pi)
-    width = max(1, round(size / 110))
-    tail = _tail_points(kind, -length / 2, size * rng.uniform(0.45, 0.7), rng)
-    draw.line(_transform(tail, angle, centre), fill=int(rng.integers(110, 170)), width=width)
-    draw.line(_transform(tail[:8], angle, centre), fill=210, width=max(width + 1, round(length / 5)))
-    for outline in _head_outlines(kind, length, rng):
-        draw.polygon(_transform(outline, angle, centre), fill=int(rng.integers(215, 256)))
-    acrosome = _ellipse(length * 0.22, length * 0.2, dx=length * 0.22)
-    draw.polygon(_transform(acrosome, angle, centre), fill=int(rng.integers(150, 195)))
-
-
-def _lab_head_outlines(kind: str, length: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Lab-style heads: the abnormal forms are exaggerated enough to show at 64 px."""
-    a = length / 2
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    if kind == "tapered_head":
-        return [_ellipse(a * 1.4, a * 0.25)]
-    if kind == "pyriform_head":
-        return [np.stack([a * 1.2 * np.cos(t), a * 1.0 * np.sin(t) * (0.35 + 0.65 * np.cos(t))],
-                         axis=1)]
-    if kind == "round_head":
-        return [_ellipse(a, a)]
-    if kind == "macro_head":
-        return [_ellipse(a * 1.6, a * 1.0)]
-    if kind == "amorphous_head":
-        wobble = sum(rng.uniform(0.15, 0.3) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-                     for k in (2, 3, 5))
-        r = 1 + wobble
-        return [np.stack([a * 1.1 * r * np.cos(t), a * 0.8 * r * np.sin(t)], axis=1)]
-    if kind == "double_head":
-        return [_ellipse(a, a * 0.6, dx=a * 0.3, dy=-a * 0.75),
-                _ellipse(a, a * 0.6, dx=a * 0.3, dy=a * 0.75)]
-    return [_ellipse(a, a * 0.62)]  # oval head (normal, bent tail, coiled tail)
+    _draw_cell(draw, kind, size, rng, _LEGACY_LOOK)
 
 
 def _lab_tail_points(kind: str, start: float, length: float,
@@ -282,21 +327,16 @@ def _lab_tail_points(kind: str, start: float, length: float,
     return tail
 
 
+_LAB_LOOK = _CellLook(length=(0.29, 0.33), jitter=0.08, width_divisor=35, tail_length=(0.4, 0.55),
+                      tail_fill=(130, 180), head_fill=(225, 256), acrosome_fill=(150, 190),
+                      heads=_lab_head_outlines, tails=_lab_tail_points,
+                      round_heads_lack_acrosome=True)
+
+
 def _draw_lab_sperm(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.Generator):
     """A near-centred spermatozoon of near-constant size (normal heads are uniform) with a tail
     thick enough to survive 64 px; half of the abnormal heads carry vacuoles."""
-    length = size * rng.uniform(0.29, 0.33)
-    centre = tuple(size / 2 + rng.uniform(-0.08, 0.08, 2) * size)
-    angle = rng.uniform(0, 2 * np.pi)
-    width = max(1, round(size / 35))
-    tail = _lab_tail_points(kind, -length / 2, size * rng.uniform(0.4, 0.55), rng)
-    draw.line(_transform(tail, angle, centre), fill=int(rng.integers(130, 180)), width=width)
-    draw.line(_transform(tail[:8], angle, centre), fill=210, width=max(width + 1, round(length / 5)))
-    for outline in _lab_head_outlines(kind, length, rng):
-        draw.polygon(_transform(outline, angle, centre), fill=int(rng.integers(225, 256)))
-    if kind != "round_head":  # round heads lack the acrosome (globozoospermia)
-        acrosome = _ellipse(length * 0.22, length * 0.2, dx=length * 0.22)
-        draw.polygon(_transform(acrosome, angle, centre), fill=int(rng.integers(150, 190)))
+    length, angle, centre = _draw_cell(draw, kind, size, rng, _LAB_LOOK)
     if kind in ("bent_tail", "coiled_tail"):  # a retained cytoplasmic droplet at the midpiece
         droplet = _ellipse(length * 0.25, length * 0.2, dx=-length * 0.75, n=16)
         draw.polygon(_transform(droplet, angle, centre), fill=int(rng.integers(170, 215)))

@@ -395,7 +395,7 @@ def risk_coverage(preds: pd.DataFrame, arms: list[tuple[str, str]], path: Path,
 
 def ood_table(metrics: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     """Mean of ``metric`` (auroc, fpr95, flagged) over the folds of the tidy ``metrics``
-    (``metrics.csv`` rows, usually one arm's): index = OOD set (``test`` = the held-out fold),
+    (``metrics.csv.gz`` rows, usually one arm's): index = OOD set (``test`` = the held-out fold),
     columns = detector (``in_distribution`` = the rule predict uses)."""
     rows = pick(metrics, family="ood", metric=metric).dropna(subset=["value"])
     if rows.empty:

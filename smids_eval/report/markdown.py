@@ -105,7 +105,7 @@ class Report:
     throughput_json: Path | None = None
     config: dict = field(default_factory=dict)
     folds: pd.DataFrame = field(default_factory=pd.DataFrame)
-    #: metrics.csv: one row per fold × metric (run, variant, setting, repeat, fold, family, set,
+    #: metrics.csv.gz: one row per fold × metric (run, variant, setting, repeat, fold, family, set,
     #: method, metric, value); every per-metric table is a query on it
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     board: pd.DataFrame = field(default_factory=pd.DataFrame)

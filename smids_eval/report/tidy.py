@@ -1,4 +1,4 @@
-"""Queries on ``RUN/metrics.csv`` (one row per fold × metric, see ``smids_eval.metric_names``):
+"""Queries on ``RUN/metrics.csv.gz`` (one row per fold × metric, see ``smids_eval.metric_names``):
 the report selects metrics by their parts, never by parsing a column name."""
 
 from __future__ import annotations

@@ -332,6 +332,8 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
                                 f"[0-{ctx.plan.n_outer - 1}]")
             runner.run(repeat, fold, bar)
     bar.close()
+    if "claims" in shared:  # this worker's share of the cores goes back to the others
+        shared["claims"].leave()
     missing = sum(not ctx.run.done(n, *u, s) for v in ctx.variants for n, s in ctx.arms(v)
                   for u in units)
     if missing:
