@@ -2,11 +2,13 @@
 
     python benchmark/two_workers.py [--profile quick] [--variant A.0 ...] [-- extra study args]
 
-Runs the same study twice on the synthetic default, each in a fresh output folder with a
-pre-warmed data/feature cache (so neither pays for decoding): once with one worker, once with
-two workers started together on the same ``--out`` (they split the folds through claims). Prints
-both wall times and their ratio (two / one; the target is ≤ 1.0), and checks that the two-worker
-run computed each result once and equals the one-worker run (``reproduction.compare_runs``).
+Runs the same study three times on the synthetic default, each in a fresh output folder with a
+pre-warmed data/feature cache (so none pays for decoding): one single-process worker
+(``--jobs 1``), one worker as the README starts it (``--jobs`` auto: helper processes up to
+cores / the profile's ``cpu_threads``), and two such workers started together on the same
+``--out`` (they split the folds through claims; helpers stand down when the machine is full).
+Prints the wall times, the ratio two / one (the target is ≤ 1.0) and one / single, and checks
+that both multi-process runs equal the single process (``reproduction.compare_runs``).
 Measured as a ratio within one invocation: other jobs on the host affect both alike.
 """
 
@@ -50,15 +52,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        timed([study_cmd(tmp / "warm", cache, args.profile, variants, extra + ["--fold", "0"])])
+        timed([study_cmd(tmp / "warm", cache, args.profile, variants, extra)])  # every cache
+        single = timed([study_cmd(tmp / "single", cache, args.profile, variants,
+                                  extra + ["--jobs", "1"])])
         one = timed([study_cmd(tmp / "one", cache, args.profile, variants, extra)])
         two = timed([study_cmd(tmp / "two", cache, args.profile, variants, extra)] * 2)
         (run_one,) = [d for d in (tmp / "one").iterdir() if d.is_dir()]
-        record = compare_runs(tmp / "two" / run_one.name, run_one)
-    print(f"one worker {one:.0f} s, two workers {two:.0f} s: ratio {two / one:.2f} "
-          f"(target <= 1.00); two-worker run equals one worker's: {record['within_tolerance']} "
-          f"({record['rows_compared']} fold rows, classification max |delta| "
-          f"{record['max_abs_delta'].get('cls', float('nan')):.2g})")
+        records = {name: compare_runs(tmp / name / run_one.name, tmp / "single" / run_one.name)
+                   for name in ("one", "two")}
+    print(f"one single-process worker (--jobs 1) {single:.0f} s; one worker (--jobs auto: "
+          f"helpers up to cores / cpu_threads) {one:.0f} s; two workers {two:.0f} s: ratio "
+          f"two / one {two / one:.2f} (target <= 1.00), one / single {one / single:.2f}")
+    for name, record in records.items():
+        print(f"{name} equals the single process: {record['within_tolerance']} "
+              f"({record['rows_compared']} fold rows, classification max |delta| "
+              f"{record['max_abs_delta'].get('cls', float('nan')):.2g}, all columns max |delta| "
+              f"{max(record['max_abs_delta'].values(), default=float('nan')):.2g})")
     return 0
 
 

@@ -8,8 +8,8 @@ process on this host, or when its heartbeat is older than ``stale_after`` second
 another machine that died): the taker replaces the file atomically and keeps the claim only if
 its own token is the one that stays.
 
-Workers also register under ``RUN/claims/workers/`` so that those sharing one machine can split
-its cores (``live_here``) instead of oversubscribing them."""
+Workers also register under ``RUN/claims/workers/``, so that ``--jobs`` starts only as many helper
+processes as the machine's cores leave room for (``live_here``)."""
 
 from __future__ import annotations
 
@@ -55,17 +55,19 @@ class Claims:
     def _worker_file(self, host: str, pid: int) -> Path:
         return self.folder / "workers" / f"{host}.{pid}.worker"
 
-    def join(self) -> None:
-        """Register this worker (until ``leave`` or process exit)."""
-        path = self._worker_file(self.host, self.pid)
+    def join(self, pid: int | None = None) -> None:
+        """Register this worker (until ``leave`` or process exit), or a process it started."""
+        path = self._worker_file(self.host, pid or self.pid)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-        atexit.register(self.leave)
+        if pid is None:
+            atexit.register(self.leave)
 
     def leave(self) -> None:
         """Unregister this worker and remove the folder once no worker is registered."""
-        folder = self._worker_file(self.host, self.pid).parent
-        self._worker_file(self.host, self.pid).unlink(missing_ok=True)
+        path = self._worker_file(self.host, self.pid)
+        path.unlink(missing_ok=True)
+        folder = path.parent
         try:
             folder.rmdir()
         except OSError:  # other workers remain, or already gone

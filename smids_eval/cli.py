@@ -55,6 +55,10 @@ def add_study_options(p: argparse.ArgumentParser, out_default: str = "results") 
     p.add_argument("--trials", type=int, help="Optuna trials per variant and fold (default: profile)")
     p.add_argument("--storage", help="Optuna storage: SQLAlchemy URL (postgresql://…) or FILE.journal "
                    "shared by several workers (default: SQLite file in the run folder)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="worker processes on this machine that share the study (default 0: "
+                   "cores / the profile's cpu_threads, on CPU; other workers of the same run "
+                   "folder count). The numbers do not depend on it")
     p.add_argument("--split", choices=["grouped", "random"], default="grouped",
                    help="grouped folds (default) or a plain stratified split, to measure the "
                    "optimism that grouping removes")
@@ -85,7 +89,7 @@ def study_config(args: argparse.Namespace):
         drop_conflicts=args.drop_conflicts, split=args.split, seed=args.seed,
         folds=args.folds, inner_folds=args.inner_folds, repeats=args.repeats,
         only_folds=tuple(args.fold or ()),
-        trials=args.trials, storage=args.storage,
+        trials=args.trials, storage=args.storage, jobs=args.jobs,
         settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
         rf=not args.no_rf, ood_dir=args.ood_dir, out=args.out, run_name=args.run_name,
         device=args.device, precision=args.precision, weights=args.weights,
@@ -108,7 +112,7 @@ def _study(args) -> int:
     result = run_study(study_config(args))
     if args.plan:
         print(result.describe())
-    elif not args.no_report:  # a failed report is logged; the study's results stand (exit 0)
+    elif not args.no_report and result.complete:  # a failed report is logged (exit 0)
         _print_summary(publish_report(result.run.root, dataset=result.context.dataset))
     return 0
 

@@ -39,6 +39,10 @@ class TrainConfig:
     class_weighting: bool = False
     compile: bool = False           # torch.compile (prefix extraction and training)
     num_workers: int = 0
+    # intra-op CPU threads of each fold × arm computation (0 = every core). oneDNN's reductions
+    # depend on the thread count, so fixing it makes the numbers independent of how many worker
+    # processes share the work (``--jobs``: by default cores // cpu_threads of them)
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ _RANGES: dict[str, dict[str, tuple]] = {
               "dropout_p": (0, 1, True, False)},
     "train": {"epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "patience": _AT_LEAST_1,
               "weight_decay": _AT_LEAST_0, "momentum": (0, 1, True, False),
-              "views": _AT_LEAST_0, "num_workers": _AT_LEAST_0},
+              "views": _AT_LEAST_0, "num_workers": _AT_LEAST_0, "cpu_threads": _AT_LEAST_0},
     "cv": {"outer_folds": (2, None, True, True), "inner_folds": (2, None, True, True),
            "repeats": _AT_LEAST_1},
     "tune": {"trials": _AT_LEAST_1, "trials_unfrozen": _AT_LEAST_1,

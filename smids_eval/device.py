@@ -40,13 +40,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def share_cpu(workers: int) -> int:
-    """Use this process's share of the CPU threads while ``workers`` study processes run on this
-    machine: each one using every core makes two workers slower in total than one."""
-    threads = max(1, CPU_THREADS // max(1, workers))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
+@contextlib.contextmanager
+def compute_threads(threads: int):
+    """Run the block with ``threads`` intra-op CPU threads (0: every core), then restore."""
+    before = torch.get_num_threads()
+    wanted = threads or CPU_THREADS
+    if wanted != before:
+        torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def cpu_jobs(requested: int, cpu_threads: int, device: torch.device) -> int:
+    """Worker processes for a study on this machine: ``requested``, or with 0 as many as the
+    cores allow at ``cpu_threads`` each (one on a GPU, or when computations use every core)."""
+    if requested:
+        return requested
+    if device.type != "cpu" or not cpu_threads:
+        return 1
+    return max(1, CPU_THREADS // cpu_threads)
 
 
 def cpu_has_fast_bf16() -> bool:

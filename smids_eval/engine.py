@@ -31,7 +31,7 @@ from .variants import Variant
 from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: shifted copies' activations computed at the profile's cpu_threads
 
 
 def uses_feature_cache(variant: Variant, profile: Profile) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .augment import DEFAULT_AUGMENT, AugmentConfig, augment, draw_params, to_channels, to_float
@@ -49,9 +50,18 @@ class FeatureCache:
         return None if self.directory is None else self.directory / f"prefix-{self.digest(key)}.pt"
 
     def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Load the tensor stored under ``key`` or compute and store it."""
+        """Load the tensor stored under ``key`` or compute and store it (under a file lock:
+        workers sharing the cache compute each entry once, the others wait and load it)."""
         path = self.path(key)
-        if path is not None and path.is_file():
+        if path is None:
+            self.computed += 1
+            return compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            return self._get(path, key, compute)
+
+    def _get(self, path: Path, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if path.is_file():
             try:
                 stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 if stored.get("key") == key:
@@ -62,8 +72,7 @@ class FeatureCache:
                 log.warning("feature cache %s unreadable (%s); recomputing", path, exc)
         features = compute()
         self.computed += 1
-        if path is not None:
-            save_torch(path, {"key": key, "features": features})
+        save_torch(path, {"key": key, "features": features})
         return features
 
 

@@ -16,7 +16,7 @@ from . import CLASSES
 from .claims import Claims
 from .config import load_search_space
 from .data import class_slug
-from .device import share_cpu
+from .device import compute_threads
 from .engine import Engine
 from .evaluate import batch_shift_keys, evaluate_fold, fit_batch_test, fit_confidence_artifacts
 from .evaluate.descriptors import DESCRIPTORS, block_moments, image_statistics
@@ -82,6 +82,10 @@ def tuned_hyper(ctx, variant: Variant, repeat: int, fold: int, fit_inner) -> dic
     return tune(objective, name=name, storage=ctx.storage, n_trials=n_trials,
                 space=load_search_space(p.tune.search_space), seed=ctx.fold_seed(repeat, fold),
                 pruner=p.tune.pruner, shared=False)  # the fold's claim makes this worker its owner
+
+
+class SurplusHelper(Exception):
+    """A ``--jobs`` helper process stops: more workers than cores run on this machine now."""
 
 
 class FoldRunner:
@@ -165,12 +169,14 @@ class FoldRunner:
             if ctx.run.done(name, repeat, fold, setting) and not ctx.config.force:
                 bar.update(1)
                 continue
-            with self.claims.claim(claim_key(name, repeat, fold, setting)) as ours:
+            if ctx.config.helper and self.claims.live_here() > ctx.jobs:
+                raise SurplusHelper  # workers started since: this machine's cores are taken
+            with self.claims.claim(claim_key(name, repeat, fold, setting)) as ours, \
+                    compute_threads(ctx.profile.train.cpu_threads):
                 if not ours:
                     log.info("%s repeat %d fold %d %s: claimed by another worker, moving on",
                              name, repeat, fold, setting)
                 elif ctx.config.force or not ctx.run.done(name, repeat, fold, setting):
-                    share_cpu(self.claims.live_here())
                     if shift is None:
                         with self.timer.stage("features"):
                             shift = self._shifted(fold, test_idx)
@@ -321,7 +327,7 @@ class FoldRunner:
         key = (self.variant.channels, self.engine.model.prefix_depth, self.repeat, fold)
         x_all = pooled(self.features)
         if ("rf", *key) not in self.shared:
-            rf = RandomForestHead(ctx.profile.evaluate.rf_grid(), n_jobs=2,
+            rf = RandomForestHead(ctx.profile.evaluate.rf_grid(), n_jobs=torch.get_num_threads(),
                                   inner_folds=ctx.profile.cv.inner_folds,
                                   random_state=ctx.config.seed)
             self.shared[("rf", *key)] = rf.fit(x_all[inner_train], y[inner_train], g[inner_train])

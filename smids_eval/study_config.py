@@ -40,6 +40,8 @@ class StudyConfig:
     only_folds: tuple[int, ...] = ()            # run only these outer folds (default: all)
     trials: int | None = None                   # Optuna trials per variant and fold
     storage: str | None = None                  # SQLAlchemy URL or *.journal shared by workers
+    jobs: int = 0                               # worker processes on this machine (0 = auto)
+    helper: bool = False                        # internal: a process started by --jobs
     settings: tuple[str, ...] = SETTINGS        # specified and/or tuned
     rf: bool = True                             # the random-forest head (if the profile has it)
     ood_dir: str | None = None                  # extra out-of-distribution images
@@ -82,6 +84,9 @@ class StudyConfig:
             raise ConfigError("--variant: name at least one variant, or 'all'")
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials must be ≥ 1 (got {self.trials})")
+        if self.jobs < 0:
+            raise ConfigError(f"--jobs must be ≥ 0 (got {self.jobs}); 0 picks cores / the "
+                              f"profile's cpu_threads")
         if self.n_groups < 2:
             raise ConfigError(f"--n-groups must be ≥ 2 (got {self.n_groups}): grouped folds "
                               f"need at least 2 groups (and as many as --folds); pass "

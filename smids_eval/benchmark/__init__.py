@@ -108,7 +108,7 @@ def run_benchmark(config: StudyConfig, throughput: bool = True, report: bool = T
         with timer.stage("throughput"):
             throughput_json = run_throughput(study.run.throughput.resolve())
     published = None
-    if report:
+    if report and study.complete:
         with timer.stage("report"):
             published = publish_report(
                 study.run.root, dataset=ctx.dataset,

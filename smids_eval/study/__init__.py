@@ -26,12 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arms import ArmTable
+from ..claims import Claims
 from ..config import Profile
 from ..data import Dataset, load_dataset
 from ..data.cache import default_cache_dir
-from ..device import measure_bf16_peak, resolve_device
+from ..device import cpu_jobs, measure_bf16_peak, resolve_device
 from ..errors import ConfigError
-from ..fold import FoldRunner
+from ..fold import FoldRunner, SurplusHelper
 from ..groups import resolve_groups
 from ..io import ensure_output_dir, write_csv
 from ..naming import RF_SETTING, rf_name
@@ -48,6 +49,7 @@ from ..tomlw import dumps
 from ..tune import open_storage
 from ..variants import Variant, select_variants
 from ..weights import resolve_weights
+from .jobs import start_helpers, wait_helpers
 
 log = logging.getLogger("smids_eval.study")
 
@@ -73,6 +75,12 @@ class StudyContext:
     provenance: dict
     cache_dir: Path
     arm_table: ArmTable | None = None
+
+    @property
+    def jobs(self) -> int:
+        """Worker processes on this machine (``--jobs``, 0: cores / the profile's cpu_threads)."""
+        return cpu_jobs(self.config.jobs, self.profile.train.cpu_threads,
+                        resolve_device(self.profile.device))
 
     def __post_init__(self):
         if self.arm_table is None:
@@ -128,6 +136,7 @@ class StudyResult:
     folds: pd.DataFrame
     context: StudyContext
     cost: RunCost
+    complete: bool = True   # False: other workers still hold claims; the last one writes tables
 
     @property
     def leaderboard(self) -> pd.DataFrame:
@@ -317,10 +326,56 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     units = ctx.units()
     bar = tqdm(total=sum(len(ctx.arms(v)) for v in ctx.variants) * len(units), desc="study",
                unit="fit", disable=not config.progress, dynamic_ncols=True)
-    shared: dict = {}  # what variants of this run compute identically (RF heads, descriptors)
+    claims = Claims(ctx.run.root)
+    claims.join()
+    # what variants of this run compute identically (RF heads, descriptors), and the claims
+    shared: dict = {"claims": claims}
+    helpers = [] if config.helper or config.force else start_helpers(config, claims, ctx.jobs,
+                                                                      ctx.run.root.name)
+    try:
+        _work(ctx, shared, timer, bar)
+    except SurplusHelper:
+        log.info("helper: more workers than --jobs on this machine now; leaving the rest to them")
+    if config.helper:
+        claims.leave()
+        return StudyResult(ctx.run, pd.DataFrame(), ctx, cost, complete=False)
+    if helpers:
+        def progress() -> None:
+            bar.n = _finished(ctx, units)
+            bar.refresh()
+
+        if (wait_helpers(helpers, progress) or _finished(ctx, units) < bar.total) \
+                and not config.force:
+            _work(ctx, shared, timer, bar)  # what a failed helper left (its claims are stale)
+    bar.n = _finished(ctx, units)
+    bar.close()
+    claims.leave()
+    missing = bar.total - _finished(ctx, units)
+    if missing:
+        log.warning("%d results are claimed by other workers and not finished yet: the last "
+                    "worker to finish writes the tables", missing)
+        return StudyResult(ctx.run, pd.DataFrame(), ctx, cost, complete=False)
+    (claims.folder / "workers.lock").unlink(missing_ok=True)
+    remove_empty_tree(claims.folder)
+    with timer.stage("tables"):
+        frame = write_tables(ctx.run, Path(config.out))
+    ctx.run.write_timings(cost.record())
+    log.info("results in %s (%.0f s; ETA was %s s)", ctx.run.root, timer.wall(),
+             cost.plan.get("eta_s"))
+    return StudyResult(ctx.run, frame, ctx, cost)
+
+
+def _finished(ctx: StudyContext, units) -> int:
+    return sum(ctx.run.done(n, *u, s) for v in ctx.variants for n, s in ctx.arms(v)
+               for u in units)
+
+
+def _work(ctx: StudyContext, shared: dict, timer: StageTimer, bar) -> None:
+    """Every variant × (repeat, fold) not done yet (claimed one arm at a time)."""
+    units = ctx.units()
     for variant in ctx.variants:
         arms = ctx.arms(variant)
-        pending = [u for u in units if config.force
+        pending = [u for u in units if ctx.config.force
                    or not all(ctx.run.done(n, *u, s) for n, s in arms)]
         bar.update(len(arms) * (len(units) - len(pending)))
         if not pending:
@@ -331,22 +386,6 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
             bar.set_description(f"study {variant.name} repeat {repeat} fold {fold} "
                                 f"[0-{ctx.plan.n_outer - 1}]")
             runner.run(repeat, fold, bar)
-    bar.close()
-    if "claims" in shared:  # this worker's share of the cores goes back to the others
-        shared["claims"].leave()
-    missing = sum(not ctx.run.done(n, *u, s) for v in ctx.variants for n, s in ctx.arms(v)
-                  for u in units)
-    if missing:
-        log.warning("%d results are claimed by other workers and not finished yet: the tables "
-                    "below are partial; the last worker to finish writes them complete", missing)
-    else:
-        remove_empty_tree(ctx.run.root / "claims")
-    with timer.stage("tables"):
-        frame = write_tables(ctx.run, Path(config.out))
-    ctx.run.write_timings(cost.record())
-    log.info("results in %s (%.0f s; ETA was %s s)", ctx.run.root, timer.wall(),
-             cost.plan.get("eta_s"))
-    return StudyResult(ctx.run, frame, ctx, cost)
 
 
 def remove_empty_tree(folder: Path) -> None:
