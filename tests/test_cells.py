@@ -190,3 +190,39 @@ def test_labelled_pairs_are_in_the_real_copy_and_score_as_recorded(real_smids):
                          side=canvas_side(files))
     assert np.allclose(scores, pairs["score"], atol=1e-3), np.abs(scores - pairs["score"]).max()
 
+
+def test_report_lists_copies_recrops_and_conflicts_and_skips_them_for_older_runs(tmp_path):
+    from smids_eval.report.markdown import Report, copies_and_recrops, data_exploration
+
+    ctx = _prepared_run(tmp_path)
+    report = Report(run=ctx.run, dataset=ctx.dataset, config=ctx.run.read_config())
+    text = "\n".join(copies_and_recrops(report))
+    assert "### Copies and re-crops of one cell" in text
+    assert "1 set, 1 of them across two classes" in text
+    assert "2 units of 2+ images, holding 6 images" in text and "kept together" in text
+    assert "2 units with more than one class" in text
+    assert "`Abnormal_Sperm/other_1.png` = `Non-Sperm/copy_of_other_1.png`" in text
+    assert "`--drop-conflicts` was not used" in text
+    assert "no labelled sample of pairs for this data set" in text
+    report.config["drop_conflicts"] = True
+    assert "2 units (6 images) are left out" in "\n".join(copies_and_recrops(report))
+
+    (ctx.run.root / SAME_CELL_CSV).unlink()  # a run folder made before the file existed
+    ctx.run.figures.mkdir(parents=True, exist_ok=True)
+    lines = data_exploration(report)
+    assert "Held-out crops per outer fold (repeat 0):" in lines
+    assert not any("Copies and re-crops" in line for line in lines)
+
+
+def test_report_shows_the_threshold_precision_for_the_real_copy(real_smids, tmp_path):
+    from types import SimpleNamespace
+
+    from smids_eval.report.markdown import Report, link_threshold
+    from smids_eval.run_folder import RunFolder
+
+    files = sorted(p for p in real_smids.rglob("*") if p.suffix.lower() in {".png", ".bmp"})
+    dataset = SimpleNamespace(root=real_smids,
+                              paths=[p.relative_to(real_smids).as_posix() for p in files])
+    text = "\n".join(link_threshold(Report(run=RunFolder(tmp_path), dataset=dataset)))
+    for row in link_precision(labelled_pairs()).itertuples():
+        assert f"| {row.scores} | {row.same} / {row.labelled} | {row.unsure} |" in text
