@@ -13,16 +13,23 @@ So every file is read in grey at half resolution (same pixel scale for all), and
    edges; not the smooth background every crop shares) on the overlap, which must cover at
    least ``min_overlap`` of the smaller crop. Pairs reaching ``min_correlation`` are linked.
 
-On the real SMIDS copy, 10 of 10 pairs scoring 0.90-0.95, sampled and labelled by eye, are
-the same cell; at 0.80-0.90 about 6 of 10 are, so the default threshold is 0.9 (precision
-first: a false link only merges two units, a missed one can leak a cell across a split).
+Byte-identical files (same SHA-256) are always one unit. On the real SMIDS copy a stratified
+sample of candidate pairs was labelled by eye (``studies/labels/smids_same_cell_pairs.csv``,
+drawn by ``benchmark/same_cell_sample.py``; ``link_precision`` summarises it): 20 of 20 pairs
+scoring >= 0.9 are the same cell (Clopper-Pearson 95% interval 0.83-1), 6 of 14 at 0.8-0.9
+(one more unsure), 0 of 10 at 0.6-0.8. Hence the threshold 0.9 (precision first: a false link
+only merges two units, a missed one can leak a cell across a split; the 0.8-0.9 band holds
+real re-crops the linker misses, alongside look-alike lone cells on a plain background).
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from scipy import ndimage
 from sklearn.neighbors import NearestNeighbors
@@ -32,6 +39,11 @@ from .data.decode import read_image
 FACTOR = 2            # files are compared at 1/FACTOR of their native resolution
 MIN_CORRELATION = 0.9
 MIN_OVERLAP = 0.4
+
+
+def file_hashes(paths) -> list[str]:
+    """SHA-256 of each file's bytes: byte-identical copies share it, whatever their names."""
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
 
 
 def load_grey(paths, factor: int = FACTOR) -> list[np.ndarray]:
@@ -48,6 +60,17 @@ def load_grey(paths, factor: int = FACTOR) -> list[np.ndarray]:
 def _canvas_side(crops: list[np.ndarray]) -> int:
     side = max(max(c.shape) for c in crops)
     return int(-(-side // 8) * 8)
+
+
+def canvas_side(paths, factor: int = FACTOR) -> int:
+    """The Fourier canvas side ``same_cell_pairs`` uses for these files (read from their
+    headers): a pair's score depends on it a little, so re-scoring a pair of a data set needs
+    the data set's side."""
+    sides = []
+    for path in paths:
+        with Image.open(path) as im:
+            sides.append(max(max(8, im.size[0] // factor), max(8, im.size[1] // factor)))
+    return int(-(-max(sides) // 8) * 8)
 
 
 def _spectra(crops: list[np.ndarray], side: int) -> np.ndarray:
@@ -109,25 +132,85 @@ def overlap_correlation(a: np.ndarray, b: np.ndarray, dy: int, dx: int,
     return float((pa * pb).sum() / np.sqrt((pa * pa).sum() * (pb * pb).sum() + 1e-9))
 
 
-def pair_scores(crops: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:
-    """High-pass overlap correlation of each pair after phase-correlation alignment."""
-    side = _canvas_side(crops)
+def pair_scores(crops: list[np.ndarray], pairs: np.ndarray, side: int | None = None
+                ) -> np.ndarray:
+    """High-pass overlap correlation of each pair after phase-correlation alignment, on a
+    canvas of ``side`` (default: fits the largest crop)."""
+    side = side or _canvas_side(crops)
     shifts = _shifts(_spectra(crops, side), pairs, side)
     high = [c - ndimage.gaussian_filter(c, 3) for c in crops]
     return np.array([overlap_correlation(high[i], high[j], int(dy), int(dx))
                      for (i, j), (dy, dx) in zip(pairs, shifts, strict=True)])
 
 
-def linked_units(images: np.ndarray, paths, labels: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unit id (0..U-1) of every image: byte-identical or near-identical copies
+#: how two images were linked, in the order ``linked_by`` lists them
+KINDS = ("identical", "near-identical", "re-crop")
+#: the run folder's record of the copies and re-crops found at preparation
+# (TODO: a RunFolder property once run_folder.py is free to change)
+SAME_CELL_CSV = "same_cell.csv"
+
+
+@dataclass
+class SameCell:
+    """What the linker found in one data set: the unit of every image, the links that made the
+    units (``a`` < ``b`` image indices, ``kind`` from ``KINDS``, ``score`` of re-crops) and every
+    file's SHA-256."""
+
+    units: np.ndarray
+    links: pd.DataFrame
+    sha256: list[str]
+
+    def table(self, paths, labels: np.ndarray) -> pd.DataFrame:
+        """``same_cell.csv``: one row per image in a unit of 2+ images (path, label, unit,
+        sha256 = its byte-identical set, copies = files with that hash, linked_by = the kinds of
+        its links, conflict = its unit holds more than one label)."""
+        labels = np.asarray(labels)
+        size = np.bincount(self.units)[self.units]
+        kinds = [set() for _ in self.units]
+        for a, b, kind in zip(self.links["a"], self.links["b"], self.links["kind"], strict=True):
+            kinds[a].add(kind)
+            kinds[b].add(kind)
+        conflict = np.zeros(len(self.units), bool)
+        for members in conflicting_units(self.units, labels):
+            conflict[members] = True
+        hashes = pd.Series(self.sha256)
+        frame = pd.DataFrame({
+            "path": [str(p) for p in paths], "label": labels, "unit": self.units,
+            "sha256": hashes, "copies": hashes.map(hashes.value_counts()).to_numpy(),
+            "linked_by": ["|".join(k for k in KINDS if k in ks) for ks in kinds],
+            "conflict": conflict})
+        return frame[size > 1].sort_values(["unit", "path"], ignore_index=True)
+
+
+def _identical_pairs(hashes: list[str]) -> np.ndarray:
+    """(P, 2) pairs joining every file to the first earlier file with the same bytes."""
+    first: dict[str, int] = {}
+    pairs = [(first.setdefault(h, i), i) for i, h in enumerate(hashes)]
+    return np.asarray([p for p in pairs if p[0] != p[1]], dtype=np.intp).reshape(-1, 2)
+
+
+def linked_units(images: np.ndarray, paths) -> SameCell:
+    """Units of the images: byte-identical files (SHA-256), near-identical copies
     (``groups.near_duplicate_pairs`` on the decoded ``images``) and re-crops of one cell (the
-    files ``paths``) are one unit. Also returns the linking pairs (P, 2)."""
+    files ``paths``) are one unit (ids 0..U-1). A link between byte-identical files is
+    ``identical`` whichever test also found it."""
     from .groups import merge_groups, near_duplicate_pairs
 
-    links = np.concatenate([near_duplicate_pairs(images), same_cell_pairs(paths)[0]])
-    units = merge_groups(np.arange(len(images)), links.astype(np.intp))
-    return units, links
+    hashes = file_hashes(paths)
+    recrops, scores = same_cell_pairs(paths)
+    identical, near = _identical_pairs(hashes), near_duplicate_pairs(images)
+    parts = [(identical, "identical", np.full(len(identical), np.nan)),
+             (near, "near-identical", np.full(len(near), np.nan)),
+             (recrops, "re-crop", scores)]
+    links = pd.concat([pd.DataFrame({"a": np.sort(p, axis=1)[:, 0], "b": np.sort(p, axis=1)[:, 1],
+                                     "kind": kind, "score": s}) for p, kind, s in parts],
+                      ignore_index=True)
+    same = np.asarray(hashes)[links["a"]] == np.asarray(hashes)[links["b"]]
+    links.loc[same, "kind"] = "identical"
+    links = links.drop_duplicates(["a", "b", "kind"], ignore_index=True)
+    units = merge_groups(np.arange(len(images)),
+                         links[["a", "b"]].to_numpy(np.intp).reshape(-1, 2))
+    return SameCell(units, links, hashes)
 
 
 def conflicting_units(units: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
@@ -151,3 +234,40 @@ def same_cell_pairs(paths, min_correlation: float = MIN_CORRELATION, k: int = 8
     scores = pair_scores(crops, pairs)
     keep = scores >= min_correlation
     return pairs[keep], scores[keep]
+
+
+# --------------------------------------------------------------------------- threshold evidence
+
+#: candidate pairs of the real SMIDS copy labelled by eye (``benchmark/same_cell_sample.py``
+#: draws them), under ``studies/``
+LABELLED_PAIRS = "labels/smids_same_cell_pairs.csv"
+
+
+def labelled_pairs(path=None) -> pd.DataFrame:
+    """The labelled sample: sha256_a, sha256_b, path_a, path_b, score, same_cell (yes / no /
+    unsure), labelled_by, note."""
+    from .toml import studies_dir
+
+    return pd.read_csv(Path(path) if path else studies_dir() / LABELLED_PAIRS,
+                       dtype={"same_cell": str})
+
+
+def link_precision(pairs: pd.DataFrame, threshold: float = MIN_CORRELATION,
+                   band: float = 0.1) -> pd.DataFrame:
+    """Share of labelled pairs that are the same cell, scoring at or above ``threshold`` (the
+    links made) and in the ``band`` just below it (the links missed), with a Clopper-Pearson 95%
+    interval. ``unsure`` pairs are counted apart, not in the share."""
+    from scipy.stats import binomtest
+
+    rows = []
+    below = threshold - band
+    for name, low, high in ((f">= {threshold:g}", threshold, np.inf),
+                            (f"[{below:g}, {threshold:g})", below, threshold)):
+        part = pairs[(pairs["score"] >= low) & (pairs["score"] < high)]["same_cell"]
+        same, decided = int((part == "yes").sum()), int(part.isin(["yes", "no"]).sum())
+        ci = binomtest(same, decided).proportion_ci(method="exact") if decided else None
+        rows.append({"scores": name, "same": same, "labelled": decided,
+                     "unsure": int((part == "unsure").sum()),
+                     "precision": same / decided if decided else np.nan,
+                     "ci_low": ci.low if ci else np.nan, "ci_high": ci.high if ci else np.nan})
+    return pd.DataFrame(rows)

@@ -1,12 +1,26 @@
 """Same-cell links: shifted and re-sized re-crops of one synthetic field are one unit, other
-fields are not, conflicting labels are reported, and no unit is split in any split mode."""
+fields are not, conflicting labels are reported, and no unit is split in any split mode; the
+run folder records the copies and re-crops; the labelled sample of real pairs still scores as
+recorded and gives the threshold's precision."""
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from smids_eval.cells import conflicting_units, linked_units, same_cell_pairs
+from smids_eval.cells import (
+    SAME_CELL_CSV,
+    canvas_side,
+    conflicting_units,
+    file_hashes,
+    labelled_pairs,
+    link_precision,
+    linked_units,
+    load_grey,
+    pair_scores,
+    same_cell_pairs,
+)
 from smids_eval.splits import make_splits
 
 
@@ -47,13 +61,14 @@ def test_shifted_and_resized_recrops_are_linked_others_not(tmp_path):
     pairs, scores = same_cell_pairs(paths)
     linked = {tuple(p) for p in pairs.tolist()}
     assert linked == {(i, j) for i in range(4) for j in range(i + 1, 4)}, (linked, scores)
-    units, _ = linked_units(images, paths)
-    assert len(set(units[:4])) == 1 and len(set(units)) == 1 + 5
+    cells = linked_units(images, paths)
+    assert len(set(cells.units[:4])) == 1 and len(set(cells.units)) == 1 + 5
+    assert set(cells.links["kind"]) == {"re-crop"}
 
 
 def test_cross_class_unit_is_reported(tmp_path):
     paths, images = crops(tmp_path)
-    units, _ = linked_units(images, paths)
+    units = linked_units(images, paths).units
     labels = np.array([0, 0, 1, 0, 0, 1, 2, 2, 1])  # one re-crop of field 0 labelled otherwise
     (conflict,) = conflicting_units(units, labels)
     assert sorted(conflict.tolist()) == [0, 1, 2, 3]
@@ -111,3 +126,103 @@ def test_drop_conflicts_removes_the_conflicting_unit_and_renames_the_run(tmp_pat
     assert dropped.dataset.fingerprint != kept.dataset.fingerprint
     assert dropped.run.root.name != kept.run.root.name and "noconflicts" in dropped.run.root.name
     assert len(dropped.groups) == 12 and len(dropped.plans[0].outer_fold) == 12
+
+
+def _prepared_run(tmp_path):
+    """A prepared (not trained) run on ``_class_folders`` plus a byte-identical copy of one
+    Abnormal_Sperm image filed under Non-Sperm."""
+    from smids_eval import StudyConfig
+    from smids_eval.study import prepare
+
+    root = _class_folders(tmp_path)
+    copy = root / "Non-Sperm" / "copy_of_other_1.png"
+    copy.write_bytes((root / "Abnormal_Sperm" / "other_1.png").read_bytes())
+    profile = str(Path(__file__).parent / "profiles" / "tiny.toml")
+    return prepare(StudyConfig(profile=profile, data_dir=str(root), split="random", n_groups=4,
+                               out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                               progress=False))
+
+
+def test_run_folder_records_byte_identical_copies_and_cross_class_recrops(tmp_path):
+    ctx = _prepared_run(tmp_path)
+    table = pd.read_csv(ctx.run.root / SAME_CELL_CSV)
+    assert len(table) == 4 + 2  # the four re-crops of field 0 and the two byte-identical files
+    pair = table[table["path"].str.contains("other_1")]
+    assert sorted(pair["path"]) == ["Abnormal_Sperm/other_1.png", "Non-Sperm/copy_of_other_1.png"]
+    assert pair["sha256"].nunique() == 1 and set(pair["copies"]) == {2}
+    assert set(pair["linked_by"]) == {"identical"} and pair["conflict"].all()
+    recrops = table[table["path"].str.contains("same_")]
+    assert recrops["unit"].nunique() == 1 and recrops["conflict"].all()
+    assert recrops["sha256"].nunique() == 4 and set(recrops["copies"]) == {1}
+    assert all("re-crop" in k for k in recrops["linked_by"])
+    # the unit column is the run's own (splits.csv names the same units)
+    splits = pd.read_csv(ctx.run.splits).merge(table[["path", "unit"]], on="path",
+                                               suffixes=("", "_csv"))
+    assert len(splits) == len(table) and (splits["unit"] == splits["unit_csv"]).all()
+
+
+def test_link_precision_counts_the_labelled_pairs_with_an_exact_interval():
+    from scipy.stats import beta
+
+    pairs = pd.DataFrame({"score": [0.95, 0.92, 0.91, 0.97, 0.85, 0.82, 0.88, 0.5],
+                          "same_cell": ["yes", "yes", "no", "yes", "yes", "no", "unsure", "no"]})
+    top, below = link_precision(pairs, threshold=0.9).to_dict("records")
+    assert (top["same"], top["labelled"], top["unsure"]) == (3, 4, 0)
+    assert (below["same"], below["labelled"], below["unsure"]) == (1, 2, 1)
+    assert top["precision"] == 0.75 and top["ci_low"] < 0.75 < top["ci_high"]
+    # Clopper-Pearson from its definition: beta quantiles at 2.5% and 97.5%
+    assert np.isclose(top["ci_low"], beta.ppf(0.025, 3, 2))
+    assert np.isclose(top["ci_high"], beta.ppf(0.975, 4, 1))
+
+
+def test_labelled_pairs_are_in_the_real_copy_and_score_as_recorded(real_smids):
+    files = sorted(p for p in real_smids.rglob("*") if p.suffix.lower() in {".png", ".bmp"})
+    by_hash = dict(zip(file_hashes(files), files, strict=True))
+    pairs = labelled_pairs()
+    assert set(pairs["same_cell"]) <= {"yes", "no", "unsure"}
+    assert set(pairs["labelled_by"]) == {"eye"}
+    named = sorted(set(pairs["sha256_a"]) | set(pairs["sha256_b"]))
+    assert set(named) <= set(by_hash), sorted(set(named) - set(by_hash))  # found by content
+    index = {h: k for k, h in enumerate(named)}
+    crops = load_grey([by_hash[h] for h in named])
+    scores = pair_scores(crops, np.array([[index[a], index[b]] for a, b in
+                                          zip(pairs["sha256_a"], pairs["sha256_b"], strict=True)]),
+                         side=canvas_side(files))
+    assert np.allclose(scores, pairs["score"], atol=1e-3), np.abs(scores - pairs["score"]).max()
+
+
+def test_report_lists_copies_recrops_and_conflicts_and_skips_them_for_older_runs(tmp_path):
+    from smids_eval.report.markdown import Report, copies_and_recrops, data_exploration
+
+    ctx = _prepared_run(tmp_path)
+    report = Report(run=ctx.run, dataset=ctx.dataset, config=ctx.run.read_config())
+    text = "\n".join(copies_and_recrops(report))
+    assert "### Copies and re-crops of one cell" in text
+    assert "1 set, 1 of them across two classes" in text
+    assert "2 units of 2+ images, holding 6 images" in text and "kept together" in text
+    assert "2 units with more than one class" in text
+    assert "`Abnormal_Sperm/other_1.png` = `Non-Sperm/copy_of_other_1.png`" in text
+    assert "`--drop-conflicts` was not used" in text
+    assert "no labelled sample of pairs for this data set" in text
+    report.config["drop_conflicts"] = True
+    assert "2 units (6 images) are left out" in "\n".join(copies_and_recrops(report))
+
+    (ctx.run.root / SAME_CELL_CSV).unlink()  # a run folder made before the file existed
+    ctx.run.figures.mkdir(parents=True, exist_ok=True)
+    lines = data_exploration(report)
+    assert "Held-out crops per outer fold (repeat 0):" in lines
+    assert not any("Copies and re-crops" in line for line in lines)
+
+
+def test_report_shows_the_threshold_precision_for_the_real_copy(real_smids, tmp_path):
+    from types import SimpleNamespace
+
+    from smids_eval.report.markdown import Report, link_threshold
+    from smids_eval.run_folder import RunFolder
+
+    files = sorted(p for p in real_smids.rglob("*") if p.suffix.lower() in {".png", ".bmp"})
+    dataset = SimpleNamespace(root=real_smids,
+                              paths=[p.relative_to(real_smids).as_posix() for p in files])
+    text = "\n".join(link_threshold(Report(run=RunFolder(tmp_path), dataset=dataset)))
+    for row in link_precision(labelled_pairs()).itertuples():
+        assert f"| {row.scores} | {row.same} / {row.labelled} | {row.unsure} |" in text

@@ -27,13 +27,13 @@ def test_pyproject_lists_every_package():
     tool = load_toml(ROOT / "pyproject.toml")["tool"]["setuptools"]
     source = {".".join(p.parent.relative_to(ROOT).parts)
               for p in (ROOT / "smids_eval").rglob("__init__.py")}
-    studies = {".".join(("smids_eval", *p.relative_to(ROOT).parts))
-               for p in [ROOT / "studies", *(ROOT / "studies").rglob("*")]
-               if p.is_dir() and any(p.glob("*.toml"))}
-    assert set(tool["packages"]) == source | studies
+    data = {".".join(("smids_eval", *p.relative_to(ROOT).parts)):
+            sorted({f"*{f.suffix}" for f in p.glob("*") if f.suffix in {".toml", ".csv"}})
+            for p in [ROOT / "studies", *(ROOT / "studies").rglob("*")] if p.is_dir()}
+    studies = {name: patterns for name, patterns in data.items() if patterns}
+    assert set(tool["packages"]) == source | set(studies)
     assert tool["package-dir"] == {"smids_eval.studies": "studies"}
-    assert set(tool["package-data"]) == studies
-    assert all(v == ["*.toml"] for v in tool["package-data"].values())
+    assert {k: sorted(v) for k, v in tool["package-data"].items()} == studies
 
 
 def _copy_source(dst: Path) -> Path:
@@ -98,7 +98,7 @@ def test_wheel_installs_and_runs_a_study_outside_the_repository(tmp_path):
     (wheel,) = dist.glob("smids_eval-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"smids_eval/studies/{p.relative_to(ROOT / 'studies').as_posix()}"
-               for p in (ROOT / "studies").rglob("*.toml")}
+               for p in (ROOT / "studies").rglob("*") if p.suffix in {".toml", ".csv"}}
     assert shipped and shipped <= names, sorted(shipped - names)
     assert not any(n.startswith(("studies/", "tests/", "benchmark/")) for n in names)
     _pip("install", "--no-deps", "--target", site, wheel, cwd=tmp_path)

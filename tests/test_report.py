@@ -99,6 +99,9 @@ def test_full_report_has_every_section_and_valid_figures(study, tmp_path):
     assert "| foreign lab | lab_stained_heads |" in ood and "A folder judged as a batch" in ood
     assert "sel_val_thr" not in found["Selective prediction"]  # named for readers, not columns
     assert "Normal_Sperm (P / R / F1)" in found["Per-class recall"]
+    data = found["Data exploration"]  # the run folder's same_cell.csv, the synthetic files
+    assert "### Copies and re-crops of one cell" in data and "kept together" in data
+    assert "no labelled sample of pairs for this data set" in data
     assert "computed on each held-out fold and averaged over folds" in found["Calibration"]
     assert GRADCAM_RANDOM_WARNING in found["Grad-CAM"]  # the tiny run's weights are random
     stain = next(line for line in found["Accuracy under distribution shift"].splitlines()

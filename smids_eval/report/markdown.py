@@ -17,6 +17,14 @@ import numpy as np
 import pandas as pd
 
 from .. import CLASSES
+from ..cells import (
+    LABELLED_PAIRS,
+    MIN_CORRELATION,
+    SAME_CELL_CSV,
+    file_hashes,
+    labelled_pairs,
+    link_precision,
+)
 from ..config import EvalConfig
 from ..data.classes import SLUGS, class_slug
 from ..evaluate.ood import FLAG
@@ -38,6 +46,8 @@ NA_PHRASE = "not available in this run"
 RANDOM_SPLIT_SUFFIX = "-random-split"
 LEADERBOARD_METRICS = HEADLINE[:4]
 GALLERY_SIZE = 12
+#: how many units with conflicting labels the data section lists by path
+CONFLICTS_LISTED = 15
 #: how many of the top distinct arms (by mean macro-F1) each crowded figure shows
 RELIABILITY_ARMS = 3
 RISK_COVERAGE_ARMS = 5
@@ -65,6 +75,10 @@ def md_table(frame: pd.DataFrame) -> list[str]:
     head = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return lines + ["| " + " | ".join(r) + " |" for r in cells] + [""]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def na(reason: str) -> list[str]:
@@ -305,7 +319,79 @@ def data_exploration(r: Report) -> list[str]:
                 f" × {np.median(sizes[:, 1]):g}).", "",
                 _markdown_figure(r, fg.image_sizes(sizes, r.dataset.labels, r.figure("image_sizes")),
                                  "image sizes"), ""]
-    return out
+    return out + copies_and_recrops(r)
+
+
+def copies_and_recrops(r: Report) -> list[str]:
+    """What preparation found (``cells.SAME_CELL_CSV``): byte-identical sets, same-cell units,
+    units with conflicting labels, and the link threshold's precision on the labelled sample.
+    Nothing for a run folder made before the file existed."""
+    path = r.run.root / SAME_CELL_CSV
+    if not path.is_file():
+        return []
+    table = _read_csv(path)
+    if table.empty:
+        table = pd.DataFrame(columns=["path", "label", "unit", "sha256", "copies", "conflict"])
+    copies = table[table["copies"] > 1].groupby("sha256")["label"].nunique()
+    units = table.groupby("unit")
+    conflicts = [members for _, members in units if members["label"].nunique() > 1]
+    out = ["### Copies and re-crops of one cell", "",
+           f"- **Byte-identical files** (same SHA-256): {_count(len(copies), 'set')}, "
+           f"{int((copies > 1).sum())} of them across two classes.",
+           f"- **Same-cell units** (byte-identical copies, near-identical copies and re-crops of "
+           f"one cell, linked at preparation): {_count(units.ngroups, 'unit')} of 2+ images, "
+           f"holding {len(table)} images. Each unit is kept together in every split (outer and "
+           f"inner folds, the random split included); groups are formed from whole units.",
+           f"- **Conflicting labels**: {_count(len(conflicts), 'unit')} with more than one "
+           "class."]
+    for members in conflicts[:CONFLICTS_LISTED]:
+        classes = " / ".join(CLASSES[int(c)] for c in sorted(members["label"].unique()))
+        out.append(f"  - {classes}: " + " = ".join(f"`{p}`" for p in members["path"]))
+    if len(conflicts) > CONFLICTS_LISTED:
+        out.append(f"  - … and {len(conflicts) - CONFLICTS_LISTED} more (all in "
+                   f"`{SAME_CELL_CSV}`).")
+    dropped = sum(len(m) for m in conflicts)
+    out += [f"- `--drop-conflicts` was used: these {_count(len(conflicts), 'unit')} "
+            f"({dropped} images) are left out of this run." if r.config.get("drop_conflicts") else
+            "- They are kept with their labels as published (`--drop-conflicts` was not used).",
+            ""]
+    return out + link_threshold(r)
+
+
+def _run_hashes(r: Report) -> set[str] | None:
+    """SHA-256 of the run's image files; None when they cannot be read here."""
+    if r.dataset is None:
+        return None
+    files = [Path(r.dataset.root) / p for p in r.dataset.paths]
+    return set(file_hashes(files)) if all(f.is_file() for f in files) else None
+
+
+def link_threshold(r: Report) -> list[str]:
+    """Precision of the re-crop link threshold on the pairs of the labelled sample (by file
+    hash) that this run's data set holds."""
+    head = (f"Re-crops are linked when their high-pass overlap correlation reaches "
+            f"{MIN_CORRELATION:g}.")
+    hashes = _run_hashes(r)
+    if hashes is None:
+        return [head + " The run's image files are not available here, so the labelled sample "
+                "of pairs could not be matched (pass --data-dir).", ""]
+    try:
+        pairs = labelled_pairs()
+    except FileNotFoundError:
+        return [head + f" The labelled sample of pairs (`studies/{LABELLED_PAIRS}`) is not "
+                "available here.", ""]
+    pairs = pairs[pairs["sha256_a"].isin(hashes) & pairs["sha256_b"].isin(hashes)]
+    if pairs.empty:
+        return [head + " There is no labelled sample of pairs for this data set.", ""]
+    table = link_precision(pairs)
+    table["same cell / labelled"] = [f"{s} / {n}" for s, n in zip(table["same"],
+                                                                  table["labelled"], strict=True)]
+    table["95% CI (Clopper-Pearson)"] = [f"{fmt(lo, 2)}–{fmt(hi, 2)}" for lo, hi in
+                                         zip(table["ci_low"], table["ci_high"], strict=True)]
+    return [head + f" Precision on {len(pairs)} candidate pairs of this data set labelled by eye "
+            f"(`studies/{LABELLED_PAIRS}`, a stratified sample; byte-identical pairs left out):",
+            ""] + md_table(table[["scores", "same cell / labelled", "unsure", "precision",
+                                  "95% CI (Clopper-Pearson)"]])
 
 
 def leaderboard(r: Report) -> list[str]:

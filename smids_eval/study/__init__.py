@@ -75,6 +75,9 @@ class StudyContext:
     provenance: dict
     cache_dir: Path
     arm_table: ArmTable | None = None
+    #: copies and re-crops among the loaded images (``cells.SameCell.table``), before any
+    #: ``--drop-conflicts``; written to the run folder as ``cells.SAME_CELL_CSV``
+    same_cell: pd.DataFrame | None = None
 
     @property
     def jobs(self) -> int:
@@ -171,7 +174,8 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
                            synthetic_style=profile.data.synthetic_style)
     log.info("data: %s — %d images, fingerprint %s", dataset.source.describe(), len(dataset),
              dataset.fingerprint)
-    units = same_cell_units(dataset)
+    cells = same_cell_units(dataset)
+    same_cell, units = cells.table(dataset.paths, dataset.labels), cells.units
     if config.drop_conflicts:
         dataset, units = drop_conflicts(dataset, units)
     groups, grouping = resolve_groups(dataset, config.groups_file, n_groups=config.n_groups,
@@ -189,7 +193,8 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
         "run_seed": config.seed,
     }
     ctx = StudyContext(config, variants, profile, dataset, groups, grouping, plans, run, None,
-                       far_ood_images(profile, config), provenance, cache_dir)
+                       far_ood_images(profile, config), provenance, cache_dir,
+                       same_cell=same_cell)
     if write:
         open_run(ctx)
     return ctx
@@ -197,10 +202,14 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
 
 def open_run(ctx: StudyContext) -> None:
     """The run folder's first files, for a real run only: the Optuna storage (checked before
-    anything is written), ``config.toml`` and ``splits.csv``."""
+    anything is written), ``config.toml``, ``splits.csv`` and the copies and re-crops found."""
+    from ..cells import SAME_CELL_CSV
+
     ctx.storage = open_storage(ctx.config.storage, ctx.run.root)
     ctx.run.write_config(run_config(ctx.config, ctx.profile, ctx.dataset, ctx.grouping, ctx.run))
     write_csv(ctx.run.splits, splits_frame(ctx.plans, ctx.dataset.paths))
+    if ctx.same_cell is not None:
+        write_csv(ctx.run.root / SAME_CELL_CSV, ctx.same_cell)
 
 
 def run_config(config: StudyConfig, profile: Profile, dataset: Dataset, grouping: str,
@@ -233,12 +242,14 @@ def _check_config(run: RunFolder, config: dict) -> None:
                           f"{', '.join(diff)}); pass another --run-name or --out, or delete it")
 
 
-def same_cell_units(dataset) -> np.ndarray:
-    """Unit of every image (``cells.linked_units``: copies and re-crops of one cell), logged
-    with the units whose images carry conflicting labels."""
+def same_cell_units(dataset):
+    """``cells.SameCell`` of the data set (copies and re-crops of one cell: the unit of every
+    image, the links and the file hashes), logged with the units whose images carry
+    conflicting labels."""
     from ..cells import conflicting_units, linked_units
 
-    units, links = linked_units(dataset.images, [dataset.root / p for p in dataset.paths])
+    cells = linked_units(dataset.images, [dataset.root / p for p in dataset.paths])
+    units, links = cells.units, cells.links
     conflicts = conflicting_units(units, dataset.labels)
     multi = int((np.bincount(units) > 1).sum())
     paths = np.asarray(dataset.paths)
@@ -246,7 +257,7 @@ def same_cell_units(dataset) -> np.ndarray:
              "every split); %d units mix classes (conflicting labels, kept and reported)%s",
              len(links), int(np.isin(units, np.flatnonzero(np.bincount(units) > 1)).sum()), multi,
              len(conflicts), "".join(f"\n  {' = '.join(paths[m])}" for m in conflicts[:10]))
-    return units
+    return cells
 
 
 def drop_conflicts(dataset, units: np.ndarray):
