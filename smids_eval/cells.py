@@ -145,9 +145,6 @@ def pair_scores(crops: list[np.ndarray], pairs: np.ndarray, side: int | None = N
 
 #: how two images were linked, in the order ``linked_by`` lists them
 KINDS = ("identical", "near-identical", "re-crop")
-#: the run folder's record of the copies and re-crops found at preparation
-# (TODO: a RunFolder property once run_folder.py is free to change)
-SAME_CELL_CSV = "same_cell.csv"
 
 
 @dataclass

@@ -97,6 +97,9 @@ class EvalConfig:
 class BenchmarkConfig:
     optimism_variant: str = "F.0"   # also run under a plain stratified split (grouping optimism)
     throughput: bool = True         # run the pytest-benchmark suite after the study
+    # the optimism variant again with these numbers of inferred acquisition groups (sensitivity
+    # of the estimate to the grouping; skipped when the groups come from a manifest)
+    sensitivity_groups: tuple[int, ...] = (10, 30)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ _RANGES: dict[str, dict[str, tuple]] = {
                  "risk_target": _OPEN_UNIT, "risk_delta": _OPEN_UNIT,
                  "conformal_alphas": _OPEN_UNIT, "acquisition_keep": _OPEN_UNIT,
                  "semantic_keep": _OPEN_UNIT, "foreign_lab_images": _AT_LEAST_0},
+    "benchmark": {"sensitivity_groups": (2, None, True, True)},
 }
 
 

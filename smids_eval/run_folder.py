@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: key of a fold JSON holding the parts of each metric column (``metric_names.records``)
 TIDY_KEY = "metric_parts"
+#: the fold JSON's record of which process computed it (host:pid; not a table column)
+WORKER_KEY = "computed_by"
 #: the columns of ``metrics.csv.gz``: the fold's identity, then the tidy parts and the value
 TIDY_COLUMNS = ["run", "variant", "setting", "repeat", "fold", *PARTS, "value"]
 
@@ -108,6 +112,11 @@ class RunFolder:
         return self.root / "metrics.csv.gz"
 
     @property
+    def same_cell_csv(self) -> Path:
+        """Copies and re-crops of one cell found at preparation (``cells.SameCell.table``)."""
+        return self.root / "same_cell.csv"
+
+    @property
     def leaderboard(self) -> Path:
         return self.root / "leaderboard.csv"
 
@@ -185,6 +194,7 @@ class RunFolder:
             save_torch(self.model(*key), model.to_dict())
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         clean[TIDY_KEY] = records(row)
+        clean[WORKER_KEY] = f"{socket.gethostname()}:{os.getpid()}"
         write_text(self.fold_json(*key),
                    json.dumps(clean, indent=1, sort_keys=False, default=float))
 
@@ -201,7 +211,8 @@ class RunFolder:
 
     def rows(self) -> pd.DataFrame:
         """Every finished fold row, wide (one column per metric)."""
-        rows = [{k: v for k, v in r.items() if k != TIDY_KEY} for r in self._fold_records()]
+        rows = [{k: v for k, v in r.items() if k not in (TIDY_KEY, WORKER_KEY)}
+                for r in self._fold_records()]
         return _sorted(pd.DataFrame(rows), ["variant", "setting", "repeat", "fold"])
 
     def tidy(self) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -59,3 +59,35 @@ def test_benchmark_plan_prints_the_study_and_its_random_split_twin(tmp_path, cap
     runs = re.findall(r"^plan for run (\S+)", text, re.M)
     assert len(runs) == 2 and runs[1] == runs[0] + "-random-split"
     assert not out.exists()
+
+
+def test_benchmark_runs_the_grouping_sensitivity_twins_when_groups_are_inferred(tmp_path):
+    """A class-folder data set (no manifest: inferred acquisition groups) gets the optimism
+    variant again with the profile's other group counts, next to the random-split twin, and the
+    report tabulates them by number of groups."""
+    from smids_eval.data.synthetic import SPEC, generate
+
+    data = generate(tmp_path / "smids", n_images=60, n_donors=6, seed=1, size_range=(32, 40),
+                    style="legacy")
+    for name in (SPEC.manifest_name, "donors.csv"):
+        (data / name).unlink(missing_ok=True)
+    profile = tmp_path / "tiny_sensitivity.toml"
+    profile.write_text(Path(TINY).read_text() + "\n[benchmark]\nsensitivity_groups = [5, 8]\n")
+    out = tmp_path / "results"
+    args = ["--profile", str(profile), "--variant", "F.0", "--settings", "specified",
+            "--data-dir", str(data), "--n-groups", "8", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--no-throughput"]
+    assert module_main("benchmark", args) == 0
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    main = min(names, key=len)
+    # 8 groups is the study itself: only the 5-group twin and the random split are extra
+    assert names == sorted([main, main + "-groups5", main + "-random-split"])
+    twin = pd.read_csv(out / (main + "-groups5") / "splits.csv")
+    assert twin["group"].nunique() == 5
+    assert set(pd.read_csv(out / (main + "-groups5") / "folds.csv")["setting"]) == {"specified"}
+    report = (out / main / "report.md").read_text()
+    section = report.split("## Sensitivity to the grouping", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| inferred")
+            or line.startswith("| same-cell")]
+    assert [row.split("|")[2].strip() for row in rows] == ["5", "8", "—"]
+    assert rows[-1].startswith("| same-cell units alone")

@@ -10,7 +10,6 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from smids_eval.cells import (
-    SAME_CELL_CSV,
     canvas_side,
     conflicting_units,
     file_hashes,
@@ -145,7 +144,7 @@ def _prepared_run(tmp_path):
 
 def test_run_folder_records_byte_identical_copies_and_cross_class_recrops(tmp_path):
     ctx = _prepared_run(tmp_path)
-    table = pd.read_csv(ctx.run.root / SAME_CELL_CSV)
+    table = pd.read_csv(ctx.run.same_cell_csv)
     assert len(table) == 4 + 2  # the four re-crops of field 0 and the two byte-identical files
     pair = table[table["path"].str.contains("other_1")]
     assert sorted(pair["path"]) == ["Abnormal_Sperm/other_1.png", "Non-Sperm/copy_of_other_1.png"]
@@ -207,7 +206,7 @@ def test_report_lists_copies_recrops_and_conflicts_and_skips_them_for_older_runs
     report.config["drop_conflicts"] = True
     assert "2 units (6 images) are left out" in "\n".join(copies_and_recrops(report))
 
-    (ctx.run.root / SAME_CELL_CSV).unlink()  # a run folder made before the file existed
+    (ctx.run.same_cell_csv).unlink()  # a run folder made before the file existed
     ctx.run.figures.mkdir(parents=True, exist_ok=True)
     lines = data_exploration(report)
     assert "Held-out crops per outer fold (repeat 0):" in lines

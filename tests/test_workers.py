@@ -3,6 +3,7 @@ held, the numbers of a single worker; claims of dead workers are taken over."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -127,3 +128,50 @@ def test_three_workers_compute_each_fold_once_with_one_workers_numbers(tmp_path,
     assert record["rows_compared"] == 4 and record["within_tolerance"], record
     assert record["max_abs_delta"]["cls"] == 0.0
     assert not (shared_run / "claims").exists()  # every claim released, the folder removed
+
+
+# --------------------------------------------------------------------------- --jobs
+
+
+def test_worker_registry_counts_live_processes_of_this_host_only(tmp_path):
+    me, other = Claims(tmp_path), Claims(tmp_path)
+    me.join()
+    assert me.live_here() == 1
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    me.join(int(dead.stdout))          # a helper that has ended: not counted, its file removed
+    me.join(os.getppid())              # a live process of this host
+    remote = Claims(tmp_path)
+    remote.host, remote.pid = "elsewhere", 1
+    remote.join()                      # another machine's worker: its cores are not ours
+    assert me.live_here() == 2
+    assert not me._worker_file(me.host, int(dead.stdout)).exists()
+    other.pid = os.getppid()
+    other.leave()
+    assert me.live_here() == 1
+
+
+def test_jobs_split_a_study_across_processes_with_the_single_process_numbers(tmp_path):
+    """``--jobs 2``: a helper process shares the work (each result computed once, by either
+    process), and since every computation runs at the profile's cpu_threads the numbers equal
+    a single process's in every column."""
+    profile = tmp_path / "tiny_one_thread.toml"
+    profile.write_text(Path(TINY).read_text().replace("[train]\n", "[train]\ncpu_threads = 1\n"))
+    runs = {}
+    for jobs in ("1", "2"):
+        cmd = [sys.executable, "-m", "smids_eval.study", "--profile", str(profile),
+               "--variant", "A.0", "--variant", "B.0", "--variant", "C.0", "--no-rf",
+               "--out", str(tmp_path / f"jobs{jobs}"), "--cache-dir", str(tmp_path / "cache"),
+               "--no-progress", "--no-report", "--jobs", jobs]
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (runs[jobs],) = [p for p in (tmp_path / f"jobs{jobs}").iterdir() if p.is_dir()]
+        if jobs == "2":
+            assert "--jobs 2: 1 helper process(es)" in done.stderr
+    workers = Counter(json.loads(p.read_text())["computed_by"]
+                      for p in (runs["2"] / "folds").glob("*/*.json"))
+    assert sum(workers.values()) == 12 and len(workers) == 2, workers  # 3 x 2 settings x 2 folds
+    record = compare_runs(runs["2"], runs["1"])
+    assert record["rows_compared"] == 12 and record["within_tolerance"], record
+    assert set(record["max_abs_delta"].values()) == {0.0}, record["max_abs_delta"]
+    assert not (runs["2"] / "claims").exists()

@@ -3,7 +3,9 @@
 1. every variant under grouped k-fold CV, specified and tuned settings, evaluation layer,
    random-forest head (``run_study``);
 2. the profile's ``optimism_variant`` again under a plain stratified split, to show the optimism
-   that grouping removes;
+   that grouping removes, and with the profile's ``sensitivity_groups`` numbers of inferred
+   acquisition groups (run folders ``RUN-groupsN``), to show how much the estimate depends on
+   the grouping;
 3. the pytest-benchmark throughput suite (JSON saved in the run folder);
 4. the report (``report.md`` + figures) of the grouped run, with the twin's comparison
    (``report=False``: none; a failed report is logged and the results stand);
@@ -11,8 +13,8 @@
    deltas against it (``smids_eval.reproduction``: logged and ``RUN/reproduction.json``).
 
 The study's ``timings.json`` then covers the whole job (its stages: the study's, plus
-``random_split``, ``throughput`` and ``report``). With ``--plan`` nothing runs: the plans of the
-study and of its random-split twin are returned (and printed by the CLI).
+``random_split``, ``sensitivity``, ``throughput`` and ``report``). With ``--plan`` nothing runs:
+the plans of the study and of its twins are returned (and printed by the CLI).
 
 Profile ``auto``: full on CUDA, quick on CPU. Data: ``--data-dir`` > ``SMIDS_DATA_DIR`` > synthetic.
 """
@@ -70,14 +72,34 @@ def random_split_config(config: StudyConfig, variant: str) -> StudyConfig:
     return config.replace(split="random", settings=("specified",), rf=False, variants=(variant,))
 
 
+def sensitivity_config(config: StudyConfig, variant: str, n_groups: int,
+                       run_name: str) -> StudyConfig:
+    """A grouping-sensitivity twin: one variant, specified settings, ``n_groups`` inferred
+    acquisition groups, in a run folder named after the study's (``RUN-groupsN``)."""
+    return config.replace(n_groups=n_groups, settings=("specified",), rf=False,
+                          variants=(variant,), run_name=f"{run_name}-groups{n_groups}")
+
+
+def twin_configs(config: StudyConfig, ctx) -> list[StudyConfig]:
+    """The study's twins (``ctx`` is its context): the optimism variant under a plain
+    stratified split, then under the profile's other numbers of inferred groups (only when the
+    groups are inferred: a manifest's groups have no number to vary)."""
+    variant = ctx.profile.benchmark.optimism_variant
+    if not variant:
+        return []
+    twins = [random_split_config(config, variant)]
+    if ctx.grouping == "inferred":
+        twins += [sensitivity_config(config, variant, n, ctx.run.root.name)
+                  for n in ctx.profile.benchmark.sensitivity_groups if n != config.n_groups]
+    return twins
+
+
 def plan_benchmark(config: StudyConfig) -> list[StudyPlan]:
-    """``--plan``: the study's plan and its random-split twin's (nothing trained or written)."""
+    """``--plan``: the study's plan and its twins' (nothing trained or written)."""
     ctx = prepare(config, write=False)
     plans = [plan_study(ctx)]
-    optimism = ctx.profile.benchmark.optimism_variant
-    if optimism:
-        twin = prepare(random_split_config(config, optimism), write=False)
-        plans.append(plan_study(twin, rates=plans[0].rates))
+    for twin in twin_configs(config, ctx):
+        plans.append(plan_study(prepare(twin, write=False), rates=plans[0].rates))
     return plans
 
 
@@ -94,15 +116,18 @@ def run_benchmark(config: StudyConfig, throughput: bool = True, report: bool = T
         ctx = prepare(config)
     cost = RunCost(timer)
     study = run_prepared(ctx, cost)
-    random_split = None
-    optimism = ctx.profile.benchmark.optimism_variant
-    if optimism:
-        log.info("grouping optimism: %s under a plain stratified split", optimism)
-        with timer.stage("random_split"):   # its own timings.json is in its own run folder
+    twins = []
+    for twin_config in twin_configs(config, ctx) if study.complete else []:
+        log.info("twin: %s with %s", ", ".join(twin_config.variants),
+                 "a plain stratified split" if not twin_config.grouped
+                 else f"{twin_config.n_groups} inferred acquisition groups")
+        # its own timings.json is in its own run folder
+        with timer.stage("random_split" if not twin_config.grouped else "sensitivity"):
             twin = RunCost(peak_gflops=cost.peak_gflops)
             with twin.timer.stage("prepare"):
-                twin_ctx = prepare(random_split_config(config, optimism))
-            random_split = run_prepared(twin_ctx, twin)
+                twin_ctx = prepare(twin_config)
+            twins.append(run_prepared(twin_ctx, twin))
+    random_split = twins[0] if twins else None
     throughput_json = None
     if ctx.profile.benchmark.throughput and throughput:
         with timer.stage("throughput"):
@@ -114,8 +139,8 @@ def run_benchmark(config: StudyConfig, throughput: bool = True, report: bool = T
                 study.run.root, dataset=ctx.dataset,
                 random_split_run=random_split.run.root if random_split else None,
                 throughput_json=throughput_json)
-    for done in (study, random_split):
-        record = check_reproduction(done.run.root) if done is not None else None
+    for done in (study, *twins):
+        record = check_reproduction(done.run.root)
         if record is not None:
             log.info(summary_line(record))
     study.run.write_timings(cost.record())

@@ -20,7 +20,6 @@ from .. import CLASSES
 from ..cells import (
     LABELLED_PAIRS,
     MIN_CORRELATION,
-    SAME_CELL_CSV,
     file_hashes,
     labelled_pairs,
     link_precision,
@@ -323,10 +322,10 @@ def data_exploration(r: Report) -> list[str]:
 
 
 def copies_and_recrops(r: Report) -> list[str]:
-    """What preparation found (``cells.SAME_CELL_CSV``): byte-identical sets, same-cell units,
+    """What preparation found (``RUN/same_cell.csv``): byte-identical sets, same-cell units,
     units with conflicting labels, and the link threshold's precision on the labelled sample.
     Nothing for a run folder made before the file existed."""
-    path = r.run.root / SAME_CELL_CSV
+    path = r.run.same_cell_csv
     if not path.is_file():
         return []
     table = _read_csv(path)
@@ -349,7 +348,7 @@ def copies_and_recrops(r: Report) -> list[str]:
         out.append(f"  - {classes}: " + " = ".join(f"`{p}`" for p in members["path"]))
     if len(conflicts) > CONFLICTS_LISTED:
         out.append(f"  - … and {len(conflicts) - CONFLICTS_LISTED} more (all in "
-                   f"`{SAME_CELL_CSV}`).")
+                   f"`{path.name}`).")
     dropped = sum(len(m) for m in conflicts)
     out += [f"- `--drop-conflicts` was used: these {_count(len(conflicts), 'unit')} "
             f"({dropped} images) are left out of this run." if r.config.get("drop_conflicts") else
@@ -854,6 +853,52 @@ def random_split(r: Report) -> list[str]:
                _markdown_figure(r, fig, "grouped vs random split"), ""])
 
 
+def _sensitivity_row(root: Path, variant: str, label: str, grouped: bool = True) -> dict | None:
+    """One run's specified ``variant`` as a row of the grouping-sensitivity table (the groups
+    of a random split's ``splits.csv`` are recorded but not used: shown as —)."""
+    folds, splits = _read_csv(root / "folds.csv"), _read_csv(root / "splits.csv")
+    if folds.empty or "variant" not in folds:
+        return None
+    rows = folds[(folds["variant"] == variant) & (folds["setting"] == "specified")]
+    if rows.empty:
+        return None
+    groups = splits["group"].nunique() if "group" in splits and grouped else "—"
+    units = splits["unit"].nunique() if "unit" in splits else float("nan")
+    row = {"folds made from": label, "groups": groups, "units": units,
+           "run": f"`{root.name}`", "folds": len(rows)}
+    for metric in ("cls_macro_f1", "cls_recall_abnormal_sperm", "cls_accuracy"):
+        if metric in rows:
+            row[nice(metric)] = f"{fmt(rows[metric].mean())} ± {fmt(rows[metric].std())}"
+    return row
+
+
+def grouping_sensitivity(r: Report) -> list[str]:
+    """The optimism variant (specified) with other numbers of inferred acquisition groups
+    (sibling run folders ``RUN-groupsN`` from the benchmark) and with same-cell units alone
+    (the random-split twin): how much the estimate depends on the grouping."""
+    siblings = sorted(r.run.root.parent.glob(f"{r.run.root.name}-groups*"))
+    if not siblings:
+        return na("no grouping-sensitivity runs next to this one (the benchmark makes them "
+                  "when groups are inferred: profile [benchmark] sensitivity_groups)")
+    variants = _read_csv(siblings[0] / "folds.csv").get("variant", pd.Series(dtype=str))
+    if variants.empty:
+        return na(f"{siblings[0].name} has no results")
+    variant = variants.iloc[0]
+    rows = [_sensitivity_row(root, variant, "inferred acquisition groups")
+            for root in [r.run.root, *siblings]]
+    rows = sorted((x for x in rows if x is not None), key=lambda x: x["groups"])
+    if r.random_split_run is not None:
+        units = _sensitivity_row(r.random_split_run, variant,
+                                 "same-cell units alone (stratified split)", grouped=False)
+        rows += [units] if units is not None else []
+    return [f"{variant} [specified] under grouped folds made from fewer or more inferred "
+            f"acquisition groups, and from same-cell units alone (every split keeps a unit "
+            f"together). Fewer groups are larger ones, so each held-out fold is more "
+            f"foreign; where the estimate climbs towards the units-alone row as the groups "
+            f"get smaller, what separates the groups (their acquisition) is helping the "
+            f"model.", ""] + md_table(pd.DataFrame(rows))
+
+
 def published(r: Report, path=None) -> list[str]:
     """SMIDS papers' accuracy / F1 (``studies/published_smids.toml``) beside this run's."""
     table, sources = published_table(r, path)
@@ -903,7 +948,8 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Out-of-distribution detection", ood), ("Accuracy under distribution shift", shifts),
     ("Neural head vs random-forest head", rf_head), ("Significant comparisons", comparisons),
     ("Most confident errors", gallery), ("Grad-CAM", gradcam),
-    ("Grouped vs random split", random_split), ("Published results", published),
+    ("Grouped vs random split", random_split),
+    ("Sensitivity to the grouping", grouping_sensitivity), ("Published results", published),
     ("Throughput", throughput),
     ("Cost of this run", cost),
 ]

@@ -76,7 +76,7 @@ class StudyContext:
     cache_dir: Path
     arm_table: ArmTable | None = None
     #: copies and re-crops among the loaded images (``cells.SameCell.table``), before any
-    #: ``--drop-conflicts``; written to the run folder as ``cells.SAME_CELL_CSV``
+    #: ``--drop-conflicts``; written to the run folder as ``RunFolder.same_cell_csv``
     same_cell: pd.DataFrame | None = None
 
     @property
@@ -203,13 +203,11 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
 def open_run(ctx: StudyContext) -> None:
     """The run folder's first files, for a real run only: the Optuna storage (checked before
     anything is written), ``config.toml``, ``splits.csv`` and the copies and re-crops found."""
-    from ..cells import SAME_CELL_CSV
-
     ctx.storage = open_storage(ctx.config.storage, ctx.run.root)
     ctx.run.write_config(run_config(ctx.config, ctx.profile, ctx.dataset, ctx.grouping, ctx.run))
     write_csv(ctx.run.splits, splits_frame(ctx.plans, ctx.dataset.paths))
     if ctx.same_cell is not None:
-        write_csv(ctx.run.root / SAME_CELL_CSV, ctx.same_cell)
+        write_csv(ctx.run.same_cell_csv, ctx.same_cell)
 
 
 def run_config(config: StudyConfig, profile: Profile, dataset: Dataset, grouping: str,
