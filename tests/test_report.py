@@ -76,9 +76,21 @@ def make_random_split_sibling(run: Path) -> Path:
     return sibling
 
 
+def make_sensitivity_sibling(run: Path, n_groups: int = 3) -> Path:
+    """A sibling '<run>-groupsN' folder: this run's folds, its images in ``n_groups`` groups."""
+    sibling = run.with_name(f"{run.name}-groups{n_groups}")
+    sibling.mkdir(exist_ok=True)
+    pd.read_csv(run / "folds.csv").to_csv(sibling / "folds.csv", index=False)
+    splits = pd.read_csv(run / "splits.csv")
+    splits["group"] = [f"inferred_{k % n_groups:02d}" for k in range(len(splits))]
+    splits.to_csv(sibling / "splits.csv", index=False)
+    return sibling
+
+
 def test_full_report_has_every_section_and_valid_figures(study, tmp_path):
     run, dataset = study
     make_random_split_sibling(run)
+    make_sensitivity_sibling(run)
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"benchmarks": [
         {"name": "test_throughput[F.1]", "stats": {"mean": 0.0125},

@@ -339,8 +339,8 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     claims.join()
     # what variants of this run compute identically (RF heads, descriptors), and the claims
     shared: dict = {"claims": claims}
-    helpers = [] if config.helper or config.force else start_helpers(config, claims, ctx.jobs,
-                                                                      ctx.run.root.name)
+    helpers = [] if config.helper or config.force else start_helpers(
+        run_study, config, claims, ctx.jobs, ctx.run.root.name)
     try:
         _work(ctx, shared, timer, bar)
     except SurplusHelper:

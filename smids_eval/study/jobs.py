@@ -22,7 +22,7 @@ from ..study_config import StudyConfig
 log = logging.getLogger("smids_eval.study")
 
 
-def _helper_main(config: StudyConfig, run_root: str, level: int) -> None:
+def _helper_main(run_study: Callable, config: StudyConfig, run_root: str, level: int) -> None:
     """Entry point of a helper process (spawned: a fresh interpreter, no inherited torch
     threads or open database connections). It stands down at once when, meanwhile, another
     worker of the run started on this machine and the cores are taken."""
@@ -31,14 +31,14 @@ def _helper_main(config: StudyConfig, run_root: str, level: int) -> None:
     logging.getLogger("smids_eval.weights").setLevel(logging.ERROR)  # the parent said it
     if Claims(run_root).live_here() > config.jobs:
         return
-    from . import run_study
-
     run_study(config)
 
 
-def start_helpers(config: StudyConfig, claims: Claims, jobs: int, run_name: str) -> list:
+def start_helpers(run_study: Callable, config: StudyConfig, claims: Claims, jobs: int,
+                  run_name: str) -> list:
     """Start enough helpers that ``jobs`` workers of this run folder run on this machine
-    (counting, under a lock, the workers already registered, this one included)."""
+    (counting, under a lock, the workers already registered, this one included); each calls
+    ``run_study`` (the study's entry point, passed in: this module is below it)."""
     claims.folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(claims.folder / "workers.lock")):
         missing = jobs - claims.live_here()
@@ -50,7 +50,8 @@ def start_helpers(config: StudyConfig, claims: Claims, jobs: int, run_name: str)
         procs = []
         for _ in range(missing):
             proc = context.Process(target=_helper_main,
-                                   args=(helper_config, str(claims.folder.parent), level),
+                                   args=(run_study, helper_config, str(claims.folder.parent),
+                                         level),
                                    name="smids-eval helper")
             proc.start()
             claims.join(proc.pid)
