@@ -9,14 +9,20 @@ through the frozen prefix, ``train_s`` per training image of one suffix epoch):
 
 * features: images × views × ``prefix_s`` for every feature cache a pending variant needs,
   plus, once per (channels, depth), the far-OOD images and each pending fold's shifted copies;
+  built one after the other on every core;
 * training (each tuning trial on each of its inner folds, and each final fit): epochs ×
   training images × ``train_s`` (plus ``prefix_s`` for variants trained without the cache);
 * evaluation of each final fit: one forward pass (a third of ``train_s``) over the outer
-  training part, the held-out fold, its shifted copies and the far-OOD images.
+  training part, the held-out fold, its shifted copies and the far-OOD images;
+* the fold work (training and evaluation) is shared by the run's worker processes
+  (``--jobs``), each at the profile's ``cpu_threads``, which is where the probe times
+  ``train_s``.
 
-Every epoch and every trial is counted (no early stopping, no pruning) and feature caches
-already on disk are counted as built, so the ETA leans high; the random-forest head, the
-metrics and file writes are not modelled.
+Early stopping is modelled by one measured fraction: final fits of the committed quick runs
+(real copy and synthetic, patience 4 of 30 epochs) ran on average ``EARLY_STOP_FRACTION`` of
+their epochs. ``eta_s`` uses it; ``eta_max_s`` counts every epoch. Pruned trials, the
+random-forest head, the metrics and file writes are not modelled, and feature caches already
+on disk are counted as built.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from .evaluate.shifts import SHIFTS
 from .naming import is_rf
 from .probe import Rates, measure_rates
 from .tune import trial_budget
+
+#: mean epochs run / epochs allowed over the 170 final fits of the committed quick runs at
+#: e76ac88 (real copy 20.3 of 30, synthetic 20.4 of 30; history/*/*.csv)
+EARLY_STOP_FRACTION = 2 / 3
 
 
 class CacheSpec(NamedTuple):
@@ -57,7 +67,8 @@ class VariantPlan:
     trials: int         # Optuna trials per tuning
     inner_folds: int    # inner folds each trial trains on
     fits: int           # training runs still to do: trials × inner folds + final fits
-    eta_s: float | None
+    eta_s: float | None     # process-seconds of its fold work, early stopping modelled
+    eta_max_s: float | None = None   # ... every epoch run
 
     @property
     def trials_total(self) -> int:
@@ -83,8 +94,10 @@ class StudyPlan:
     feature_caches: tuple[CacheSpec, ...]
     prefix_images: int          # image passes through a frozen prefix (features), upper bound
     features_eta_s: float | None
-    eta_s: float | None
+    eta_s: float | None         # wall: features, then the variants' fold work over the workers
     rates: dict                 # {prefix depth: Rates} measured by the probe
+    workers: int = 1            # processes sharing the fold work (--jobs)
+    eta_max_s: float | None = None   # as eta_s with every epoch run (no early stopping)
 
     @property
     def results_total(self) -> int:
@@ -111,7 +124,8 @@ class StudyPlan:
                 f"{self.results_total} results, {self.results_done} done; "
                 f"{self.trials_total} Optuna trials, {self.fits_total} training runs of ≤ "
                 f"{self.epochs} epochs, {len(self.feature_caches)} feature caches; "
-                f"ETA {_duration(self.eta_s)}")
+                f"{self.workers} worker{'s' if self.workers > 1 else ''}; ETA "
+                f"{_duration(self.eta_s)} (at most {_duration(self.eta_max_s)})")
 
     def describe(self) -> str:
         """The ``--plan`` printout."""
@@ -122,7 +136,8 @@ class StudyPlan:
         for v in self.variants:
             lines.append(f"  {v.name}: {v.results - v.done} of {v.results} results to run; "
                          f"{v.tunings} tunings × {v.trials} trials × {v.inner_folds} inner "
-                         f"folds; {v.fits} training runs; ETA {_duration(v.eta_s)}")
+                         f"folds; {v.fits} training runs; {_duration(v.eta_s)} of work "
+                         f"(at most {_duration(v.eta_max_s)})")
         caches = "; ".join(c.describe() for c in self.feature_caches) or "none"
         lines.append(f"  feature caches at {self.image_size} px (reused when already built): "
                      f"{caches}; {self.prefix_images} prefix passes, ETA "
@@ -130,8 +145,10 @@ class StudyPlan:
         for depth, r in sorted(self.rates.items()):
             lines.append(f"  probe, prefix depth {depth}: {r.prefix_s * 1e3:.2f} ms/image "
                          f"features, {r.train_s * 1e3:.2f} ms/image per training epoch")
-        lines.append("  ETA counts every epoch and trial (no early stopping or pruning); "
-                     "the RF head and metrics are not included")
+        lines.append(f"  ETA: features, then the fold work shared by {self.workers} worker "
+                     f"process{'es' if self.workers > 1 else ''}; fits stop early at "
+                     f"{EARLY_STOP_FRACTION:.0%} of their epochs on average (the upper bound runs "
+                     f"every epoch); pruning, the RF head and metrics are not included")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -211,19 +228,25 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
             train_images += len(neural) * len(split.inner(f, 0)[0])
             outer_train, test = split.outer(f)
             eval_images += len(neural) * (len(outer_train) + len(test) + n_shifted((r, f)) + n_far)
-        eta = None
+        eta = eta_max = None
         if probe:
             r: Rates = rates.get(depth, Rates(0.0, 0.0))   # absent: nothing left to train
             prefix = 0.0 if cached else r.prefix_s
-            eta = round(p.train.epochs * train_images * (r.train_s + prefix)
-                        + eval_images * (r.train_s / 3 + prefix), 1)
+            evaluation = eval_images * (r.train_s / 3 + prefix)
+            epoch = train_images * (r.train_s + prefix)
+            eta = round(p.train.epochs * EARLY_STOP_FRACTION * epoch + evaluation, 1)
+            eta_max = round(p.train.epochs * epoch + evaluation, 1)
         results = len(ctx.arms(v)) * len(units)
         pending = sum(len(arms) for arms in todo[v.name].values())
         variants.append(VariantPlan(
             name=v.name, results=results, done=results - pending, tunings=tunings,
-            trials=n_trials, inner_folds=n_inner, fits=fits, eta_s=eta))
+            trials=n_trials, inner_folds=n_inner, fits=fits, eta_s=eta, eta_max_s=eta_max))
 
-    eta_s = None if not probe else round(features_eta + sum(v.eta_s for v in variants), 1)
+    workers = 1 if config.force else ctx.jobs   # --force starts no helpers
+    eta_s = eta_max_s = None
+    if probe:
+        eta_s = round(features_eta + sum(v.eta_s for v in variants) / workers, 1)
+        eta_max_s = round(features_eta + sum(v.eta_max_s for v in variants) / workers, 1)
     t = p.train
     runtime = resolve_runtime(p.device, t.precision, t.channels_last, t.compile)
     return StudyPlan(
@@ -233,5 +256,5 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
         rf=ctx.rf_enabled, images=len(ctx.dataset), image_size=p.data.image_size,
         epochs=p.train.epochs, feature_caches=tuple(caches),
         prefix_images=sum(passes.values()),
-        features_eta_s=features_eta, eta_s=eta_s,
-        rates=rates)
+        features_eta_s=features_eta, eta_s=eta_s, eta_max_s=eta_max_s,
+        rates=rates, workers=workers)

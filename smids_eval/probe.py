@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .config import Profile
-from .device import Runtime, resolve_runtime
+from .device import Runtime, compute_threads, resolve_runtime
 from .features import extract_prefix
 from .models import build_vgg19
 from .train import CachedSource, Hyper, fit
@@ -30,8 +30,9 @@ MAX_IMAGES = 32
 class Rates:
     """Seconds per image on this host for one prefix depth."""
 
-    prefix_s: float     # through the frozen prefix (feature extraction)
-    train_s: float      # one suffix training epoch, its validation on half as many images included
+    prefix_s: float     # through the frozen prefix (feature extraction, every core)
+    train_s: float      # one suffix training epoch, its validation on half as many images
+    #                     included, at the profile's cpu_threads (as each fold computation runs)
 
 
 def measure_rates(profile: Profile, depths) -> dict[int, Rates]:
@@ -75,5 +76,6 @@ def _probe_depth(profile: Profile, depth: int, runtime: Runtime) -> Rates:
                      runtime=runtime, epochs=1, batch_size=batch, progress=False, desc="probe")
         return float(result.history["seconds"].iloc[0]) / n_train
 
-    epoch()
-    return Rates(prefix_s=prefix_s, train_s=epoch())
+    with compute_threads(profile.train.cpu_threads if runtime.device.type == "cpu" else 0):
+        epoch()
+        return Rates(prefix_s=prefix_s, train_s=epoch())

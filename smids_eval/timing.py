@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from .faults import fault_point
 
-#: the speed target: a study costs at most TARGET_S seconds on a host with this bf16 matmul peak;
-#: a run's normalised cost is ``wall_s * peak_gflops / REFERENCE_GFLOPS``
+#: the speed target: a study costs at most TARGET_S seconds on a host with at least this bf16
+#: matmul peak; on a slower host its normalised cost ``wall_s * peak_gflops / REFERENCE_GFLOPS``
+#: must stay within it (a faster host owes plain wall time: ``normalised_wall``)
 REFERENCE_GFLOPS = 700.0
 TARGET_S = 1800.0
 
@@ -78,6 +79,15 @@ def peak_rss_mb() -> dict[str, float | None]:
             "children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
+def normalised_wall(wall_s: float, peak_gflops: float | None) -> float | None:
+    """Wall seconds scaled to a REFERENCE_GFLOPS host: ``wall × peak / reference`` on a slower
+    host, plain wall on a host at least that fast (it is held to the same TARGET_S, not to
+    what it could do at its own peak); None when no peak was measured."""
+    if peak_gflops is None:
+        return None
+    return round(wall_s * min(peak_gflops, REFERENCE_GFLOPS) / REFERENCE_GFLOPS, 1)
+
+
 @dataclass
 class RunCost:
     """One invocation's cost: its stage timer, the bf16 matmul peak measured at its start, and
@@ -100,7 +110,7 @@ class RunCost:
             "peak_rss_children_mb": rss["children"],
             "device": self.device,
             "bf16_peak_gflops": None if peak is None else round(peak, 1),
-            "normalised_wall_s": None if peak is None else round(wall * peak / REFERENCE_GFLOPS, 1),
+            "normalised_wall_s": normalised_wall(wall, peak),
             "normalised_reference_gflops": REFERENCE_GFLOPS,
             "normalised_target_s": TARGET_S,
             "eta_s": self.plan.get("eta_s"),

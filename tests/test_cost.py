@@ -85,6 +85,8 @@ def test_cost_record_has_every_field_and_the_normalised_cost(tmp_path):
     run.write_timings(record)
     assert json.loads(run.timings.read_text()) == run.read_timings() == record
     assert RunCost().record()["normalised_wall_s"] is None  # no peak measured: no normalised cost
+    fast = RunCost(timer, peak_gflops=2400.0).record()      # a faster host owes plain wall time
+    assert fast["normalised_wall_s"] == pytest.approx(10.0, abs=0.01)
 
 
 def test_peak_rss_is_in_megabytes():

@@ -101,7 +101,7 @@ def test_timings_json_records_what_the_run_cost(finished_run):
     assert 0 < sum(stages.values()) <= timings["wall_s"]
     assert timings["bf16_peak_gflops"] > 0 and timings["peak_rss_mb"] > 0
     assert timings["normalised_wall_s"] == pytest.approx(
-        timings["wall_s"] * timings["bf16_peak_gflops"] / 700, abs=0.2)
+        timings["wall_s"] * min(timings["bf16_peak_gflops"], 700) / 700, abs=0.2)
     assert timings["eta_s"] > 0 and timings["plan"]["results_total"] == 12
     folds = pd.read_csv(run / "folds.csv")
     assert not {"wall_s", "eta_s", "bf16_peak_gflops"} & set(folds.columns)  # results unchanged
@@ -151,6 +151,33 @@ def test_plan_counts_what_the_run_does_and_writes_nothing(finished_run, tmp_path
         run_study(config)
     assert ("plan: 2 variants × 2 settings (+RF) × 1 repeats × 2 folds (identical arms once): "
             "12 results, 12 done") in caplog.text
+
+
+def test_plan_eta_shares_the_fold_work_between_workers_and_bounds_early_stopping(finished_run,
+                                                                                  tmp_path):
+    """With the same probe rates, two workers halve the fold-work part of the ETA (features are
+    built once, first); the every-epoch bound exceeds the early-stopping estimate by exactly
+    the training share that early stopping saves."""
+    from smids_eval.plan import EARLY_STOP_FRACTION, plan_study
+    from smids_eval.probe import Rates
+    from smids_eval.study import prepare
+
+    _, _, config = finished_run
+    fresh = config.replace(out=str(tmp_path / "fresh"), plan_only=True)
+    rates = {4: Rates(prefix_s=1e-3, train_s=4e-3), 5: Rates(prefix_s=1e-3, train_s=2e-3)}
+    one = plan_study(prepare(fresh.replace(jobs=1), write=False), rates=rates)
+    two = plan_study(prepare(fresh.replace(jobs=2), write=False), rates=rates)
+    assert (one.workers, two.workers) == (1, 2) and one.features_eta_s == two.features_eta_s
+    work = sum(v.eta_s for v in one.variants)
+    work_max = sum(v.eta_max_s for v in one.variants)
+    assert work > 0 and one.features_eta_s > 0
+    assert one.eta_s == pytest.approx(one.features_eta_s + work, abs=0.2)
+    assert two.eta_s == pytest.approx(two.features_eta_s + work / 2, abs=0.2)
+    assert two.eta_max_s == pytest.approx(two.features_eta_s + work_max / 2, abs=0.2)
+    for v in one.variants:   # training scales by the fraction, evaluation does not
+        training = (v.eta_max_s - v.eta_s) / (1 - EARLY_STOP_FRACTION)
+        assert 0 < training <= v.eta_max_s + 0.2
+    assert "2 workers" in two.summary() and "at most" in two.summary()
 
 
 def test_cli_plan_prints_the_plan_and_writes_nothing(tmp_path, cache_dir, capsys):

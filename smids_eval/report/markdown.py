@@ -917,6 +917,16 @@ def throughput(r: Report) -> list[str]:
     return md_table(pd.DataFrame(rows)) if rows else na("the benchmark JSON has no benchmarks")
 
 
+def _eta(timings: dict) -> str:
+    """The plan's ETA, its every-epoch bound and the workers it assumed (older runs: ETA only)."""
+    plan = timings.get("plan", {})
+    text = f"{fmt(timings['eta_s'] / 60, 1)} min"
+    if plan.get("eta_max_s"):
+        text += (f" (at most {fmt(plan['eta_max_s'] / 60, 1)} min with every epoch run; "
+                 f"{plan.get('workers', 1)} worker process(es))")
+    return text
+
+
 def cost(r: Report) -> list[str]:
     """What the run cost (``timings.json``): wall time and stages, peak memory, the host's bf16
     matmul peak and the normalised cost, and the plan's ETA against the actual time."""
@@ -925,12 +935,12 @@ def cost(r: Report) -> list[str]:
         return na("no timings.json (written by the study since the plan/ETA change)")
     wall, eta = timings.get("wall_s"), timings.get("eta_s")
     items = [("wall time", f"{fmt(wall / 60, 1)} min"),
-             ("ETA at the start", f"{fmt(eta / 60, 1)} min" if eta else "not measured"),
+             ("ETA at the start", _eta(timings) if eta else "not measured"),
              ("peak RSS", f"{fmt(timings.get('peak_rss_mb', float('nan')) / 1024, 2)} GB (self), "
                           f"{fmt(timings.get('peak_rss_children_mb', float('nan')) / 1024, 2)} GB "
                           f"(child processes)"),
              ("bf16 matmul peak at the start", f"{timings.get('bf16_peak_gflops')} GFLOP/s"),
-             ("normalised cost (wall × peak / 700 GFLOP/s)",
+             ("normalised cost (wall × min(peak, 700) / 700 GFLOP/s)",
               f"{timings.get('normalised_wall_s')} s (target ≤ {timings.get('normalised_target_s')} s)")]
     stages = pd.DataFrame(sorted(timings.get("stages_s", {}).items(), key=lambda kv: -kv[1]),
                           columns=["stage", "seconds"])
