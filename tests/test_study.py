@@ -175,7 +175,8 @@ def test_plan_eta_shares_the_fold_work_between_workers_and_bounds_early_stopping
     assert two.eta_s == pytest.approx(two.features_eta_s + work / 2, abs=0.2)
     assert two.eta_max_s == pytest.approx(two.features_eta_s + work_max / 2, abs=0.2)
     for v in one.variants:   # training scales by the fraction, evaluation does not
-        training = (v.eta_max_s - v.eta_s) / (1 - EARLY_STOP_FRACTION)
+        stop = EARLY_STOP_FRACTION["unfrozen" if v.name == "F.1" else "head"]
+        training = (v.eta_max_s - v.eta_s) / (1 - stop)
         assert 0 < training <= v.eta_max_s + 0.2
     assert "2 workers" in two.summary() and "at most" in two.summary()
 
