@@ -94,16 +94,13 @@ class FoldRunner:
     ``ctx`` is the study's ``StudyContext`` (config, profile, data, groups, splits, run folder);
     ``timer`` collects the run's stage times (features, tuning, final_fits, evaluation, saving,
     rf_head) for ``timings.json``; ``shared`` memoises what several variants of the run compute
-    identically (random-forest heads, acquisition descriptors).
+    identically (random-forest heads, acquisition descriptors) and holds the process's
+    ``Claims`` (work is claimed once across workers, claims.py).
     """
 
     def __init__(self, ctx, variant: Variant, shared: dict, timer: StageTimer | None = None):
         self.ctx, self.variant, self.shared = ctx, variant, shared
-        # one claimant per study process: work is claimed once across workers (claims.py)
-        if "claims" not in shared:
-            shared["claims"] = Claims(ctx.run.root)
-            shared["claims"].join()
-        self.claims = shared["claims"]
+        self.claims: Claims = shared["claims"]   # this process's, registered by run_prepared
         self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed

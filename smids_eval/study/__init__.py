@@ -324,14 +324,15 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
         raise ValueError("run_prepared needs a context from prepare(config, write=True)")
     config, cost = ctx.config, cost or RunCost()
     timer = cost.timer
-    with timer.stage("probes"):
-        device = resolve_device(ctx.profile.device)
-        cost.device = str(device)
-        if cost.peak_gflops is None:
-            cost.peak_gflops = measure_bf16_peak(device)
-        plan = plan_study(ctx)
-        cost.plan = plan.as_dict()
-    log.info("plan: %s (bf16 matmul peak %.0f GFLOP/s)", plan.summary(), cost.peak_gflops)
+    if not config.helper:   # a helper writes no timings: no probes, no plan
+        with timer.stage("probes"):
+            device = resolve_device(ctx.profile.device)
+            cost.device = str(device)
+            if cost.peak_gflops is None:
+                cost.peak_gflops = measure_bf16_peak(device)
+            plan = plan_study(ctx)
+            cost.plan = plan.as_dict()
+        log.info("plan: %s (bf16 matmul peak %.0f GFLOP/s)", plan.summary(), cost.peak_gflops)
     units = ctx.units()
     bar = tqdm(total=sum(len(ctx.arms(v)) for v in ctx.variants) * len(units), desc="study",
                unit="fit", disable=not config.progress, dynamic_ncols=True)
@@ -340,7 +341,7 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     # what variants of this run compute identically (RF heads, descriptors), and the claims
     shared: dict = {"claims": claims}
     helpers = [] if config.helper or config.force else start_helpers(
-        run_study, config, claims, ctx.jobs, ctx.run.root.name)
+        resume_in_helper, ctx, claims, ctx.jobs)
     try:
         _work(ctx, shared, timer, bar)
     except SurplusHelper:
@@ -372,6 +373,13 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     log.info("results in %s (%.0f s; ETA was %s s)", ctx.run.root, timer.wall(),
              cost.plan.get("eta_s"))
     return StudyResult(ctx.run, frame, ctx, cost)
+
+
+def resume_in_helper(ctx: StudyContext) -> StudyResult:
+    """A ``--jobs`` helper's share of the run its parent prepared (``jobs.start_helpers``): the
+    storage is the one thing a context cannot carry across processes."""
+    ctx.storage = open_storage(ctx.config.storage, ctx.run.root)
+    return run_prepared(ctx)
 
 
 def _finished(ctx: StudyContext, units) -> int:

@@ -1,6 +1,8 @@
 """``--jobs``: helper processes that share one study's work on this machine.
 
-Each helper runs the same study (``StudyConfig.helper``) in a fresh interpreter; claims
+Each helper runs the same study (``StudyConfig.helper``) in a fresh interpreter, from the
+context the parent prepared (data, same-cell units, groups and splits are not worked out
+again; only the Optuna storage is opened anew); claims
 (``claims.py``) split the fold × arm work between all processes, and every computation runs with
 the profile's ``cpu_threads``, so the numbers do not depend on how many processes took part. A
 helper stops when more workers than ``jobs`` run for the run folder on this machine (someone
@@ -9,6 +11,7 @@ for it and then finishes whatever is left."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -17,41 +20,41 @@ from collections.abc import Callable
 from filelock import FileLock
 
 from ..claims import Claims
-from ..study_config import StudyConfig
 
 log = logging.getLogger("smids_eval.study")
 
 
-def _helper_main(run_study: Callable, config: StudyConfig, run_root: str, level: int) -> None:
+def _helper_main(resume: Callable, ctx, run_root: str, level: int) -> None:
     """Entry point of a helper process (spawned: a fresh interpreter, no inherited torch
     threads or open database connections). It stands down at once when, meanwhile, another
     worker of the run started on this machine and the cores are taken."""
     logging.basicConfig(level=level, format="%(asctime)s helper %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("smids_eval.weights").setLevel(logging.ERROR)  # the parent said it
-    if Claims(run_root).live_here() > config.jobs:
+    if Claims(run_root).live_here() > ctx.config.jobs:
         return
-    run_study(config)
+    resume(ctx)
 
 
-def start_helpers(run_study: Callable, config: StudyConfig, claims: Claims, jobs: int,
-                  run_name: str) -> list:
+def start_helpers(resume: Callable, ctx, claims: Claims, jobs: int) -> list:
     """Start enough helpers that ``jobs`` workers of this run folder run on this machine
     (counting, under a lock, the workers already registered, this one included); each calls
-    ``run_study`` (the study's entry point, passed in: this module is below it)."""
+    ``resume`` (the study's entry point for a prepared context, passed in: this module is below
+    it) on a copy of ``ctx`` (a ``StudyContext`` without its storage) whose config says
+    ``helper``."""
     claims.folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(claims.folder / "workers.lock")):
         missing = jobs - claims.live_here()
         if missing <= 0:
             return []
         context = multiprocessing.get_context("spawn")
-        helper_config = config.replace(helper=True, jobs=jobs, progress=False, run_name=run_name)
+        helper_ctx = dataclasses.replace(ctx, storage=None, config=ctx.config.replace(
+            helper=True, jobs=jobs, progress=False, run_name=ctx.run.root.name))
         level = max(logging.WARNING, logging.getLogger("smids_eval").getEffectiveLevel())
         procs = []
         for _ in range(missing):
             proc = context.Process(target=_helper_main,
-                                   args=(run_study, helper_config, str(claims.folder.parent),
-                                         level),
+                                   args=(resume, helper_ctx, str(claims.folder.parent), level),
                                    name="smids-eval helper")
             proc.start()
             claims.join(proc.pid)
