@@ -23,15 +23,25 @@ from .evaluate.descriptors import DESCRIPTORS, block_moments, image_statistics
 from .evaluate.ood import DETECTORS
 from .evaluate.rf_head import RandomForestHead
 from .evaluate.shifts import SHIFTS, shifted_copies
+from .io import write_csv
 from .naming import RF_SETTING, rf_name
 from .outputs import ModelOutputs
 from .run_folder import SavedFold, claim_key
 from .timing import StageTimer
-from .train import Hyper
+from .train import FitResult, Hyper
 from .tune import study_name, trial_budget, tune
 from .variants import Variant
 
 log = logging.getLogger("smids_eval.study")
+
+#: trials' inner-fold-0 fits kept while a fold is tuned (the lowest-scoring is dropped first):
+#: the best one is the tuned arm's final fit. A head's state is small; an unfrozen block 5 is
+#: ~38 MB, hence a bound rather than every trial
+FIRST_FITS_KEPT = 4
+
+
+def _hyper_key(params: dict) -> tuple:
+    return params["optimizer"], float(params["learning_rate"]), float(params["weight_decay"])
 
 
 def pooled(features: torch.Tensor) -> np.ndarray:
@@ -194,20 +204,27 @@ class FoldRunner:
         y, seed = ctx.dataset.labels, ctx.fold_seed(repeat, fold)
         t0 = time.perf_counter()
         extra = {}
+        result = None
+        history_csv = ctx.run.history(v.name, repeat, fold, setting)
         if setting == "specified":
             hyper = Hyper(v.optimizer, v.learning_rate, ctx.profile.train.weight_decay)
         else:
             with timer.stage("tuning"):
-                best = self._tune(fold)
+                best, result = self._tune(fold)
             hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
             extra = {"tune_best_inner_macro_f1": best["best_value"],
                      "tune_trials": best["n_trials"]}
-        with timer.stage("final_fits"):
-            result = self.engine.fit(
-                self.features[inner_train], y[inner_train], self.features[inner_val],
-                y[inner_val], hyper, seed=seed,
-                history_csv=ctx.run.history(v.name, repeat, fold, setting),
-                desc=f"{v.name} fold {fold} {setting}")
+        if result is not None:
+            log.info("%s repeat %d fold %d %s: the best trial's inner-fold-0 fit is the final "
+                     "fit (same data, settings and seed): not trained again", v.name, repeat,
+                     fold, setting)
+            write_csv(history_csv, result.history)
+        else:
+            with timer.stage("final_fits"):
+                result = self.engine.fit(
+                    self.features[inner_train], y[inner_train], self.features[inner_val],
+                    y[inner_val], hyper, seed=seed, history_csv=history_csv,
+                    desc=f"{v.name} fold {fold} {setting}")
         with timer.stage("evaluation"):
             predict = partial(self._predict, result.state_dict)
             train_out = predict(self.features[inner_train, 0], inner_train)
@@ -243,17 +260,27 @@ class FoldRunner:
                                   mc_seed=ctx.config.seed)
         return out.with_descriptors(descriptors)
 
-    def _tune(self, fold: int) -> dict:
+    def _tune(self, fold: int) -> tuple[dict, FitResult | None]:
+        """The best trial's params and info, and that trial's fit on inner fold 0 when this
+        process ran it and kept it: the final fit trains on the same inner fold with the same
+        settings, seed and threads, so it would be the same computation (a resumed tuning, or
+        a fit dropped from the ``FIRST_FITS_KEPT``, is fitted again, with the same numbers)."""
         ctx, y = self.ctx, self.ctx.dataset.labels
+        first: dict[tuple, FitResult] = {}
 
         def fit_inner(params: dict, j: int) -> float:
             a, b = self.split.inner(fold, j)
-            return self.engine.fit(self.features[a], y[a], self.features[b], y[b], Hyper(**params),
-                                   seed=ctx.fold_seed(self.repeat, fold),
-                                   desc=f"{self.variant.name} fold {fold} trial inner {j}"
-                                   ).best_val_macro_f1
+            result = self.engine.fit(self.features[a], y[a], self.features[b], y[b],
+                                     Hyper(**params), seed=ctx.fold_seed(self.repeat, fold),
+                                     desc=f"{self.variant.name} fold {fold} trial inner {j}")
+            if j == 0:
+                first[_hyper_key(params)] = result
+                if len(first) > FIRST_FITS_KEPT:
+                    del first[min(first, key=lambda k: first[k].best_val_macro_f1)]
+            return result.best_val_macro_f1
 
-        return tuned_hyper(ctx, self.variant, self.repeat, fold, fit_inner)
+        best = tuned_hyper(ctx, self.variant, self.repeat, fold, fit_inner)
+        return best, first.get(_hyper_key(best))
 
     def _shifted(self, fold: int, test_idx: np.ndarray) -> tuple[np.ndarray, dict, dict]:
         """A seeded subsample of the held-out fold, its shifted copies' activations and their

@@ -10,8 +10,9 @@ through the frozen prefix, ``train_s`` per training image of one suffix epoch):
 * features: images × views × ``prefix_s`` for every feature cache a pending variant needs,
   plus, once per (channels, depth), the far-OOD images and each pending fold's shifted copies;
   built one after the other on every core;
-* training (each tuning trial on each of its inner folds, and each final fit): epochs ×
-  training images × ``train_s`` (plus ``prefix_s`` for variants trained without the cache);
+* training (each tuning trial on each of its inner folds, and each final fit of a specified
+  arm; a tuned arm's final fit is its best trial's fit on inner fold 0): epochs × training
+  images × ``train_s`` (plus ``prefix_s`` for variants trained without the cache);
 * evaluation of each final fit: one forward pass (a third of ``train_s``) over the outer
   training part, the held-out fold, its shifted copies and the far-OOD images;
 * the fold work (training and evaluation) is shared by the run's worker processes
@@ -227,8 +228,9 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
                 tunings += 1
                 fits += n_trials * n_inner
                 train_images += n_trials * sum(len(split.inner(f, j)[0]) for j in range(n_inner))
-            fits += len(neural)
-            train_images += len(neural) * len(split.inner(f, 0)[0])
+            final = sum(s == "specified" for s in neural)   # a tuned arm's final fit is its
+            fits += final                                    # best trial's (fold.py)
+            train_images += final * len(split.inner(f, 0)[0])
             outer_train, test = split.outer(f)
             eval_images += len(neural) * (len(outer_train) + len(test) + n_shifted((r, f)) + n_far)
         eta = eta_max = None

@@ -85,6 +85,34 @@ def test_deduplicated_arms_equal_computing_them_separately(tmp_path, cache):
     assert predictor.models[0].variant_name == "F.0"
 
 
+@pytest.mark.parametrize("name", ["A.0", "F.1"])
+def test_a_tuned_arm_takes_its_best_trials_fit_with_the_numbers_of_fitting_again(
+        tmp_path, cache, monkeypatch, caplog, name):
+    """A tuned arm's final fit is its best trial's inner-fold-0 fit (same data, settings, seed
+    and threads): kept from tuning, it gives the numbers and history of training it again
+    (``FIRST_FITS_KEPT = 0`` keeps none, so each final fit is trained)."""
+    import logging
+
+    import smids_eval.fold
+
+    base = dict(variants=(name,), profile=TINY, settings=("tuned",), rf=False,
+                cache_dir=cache, progress=False, seed=2)
+    with caplog.at_level(logging.INFO, logger="smids_eval.study"):
+        kept = run_study(StudyConfig(**base, out=str(tmp_path / "kept")))
+    assert caplog.text.count("not trained again") == 2          # one per outer fold
+    monkeypatch.setattr(smids_eval.fold, "FIRST_FITS_KEPT", 0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="smids_eval.study"):
+        again = run_study(StudyConfig(**base, out=str(tmp_path / "again")))
+    assert "not trained again" not in caplog.text
+    assert len(kept.folds) == 2 and not numeric_equal(kept.folds, again.folds)
+    assert (kept.folds["epochs_run"] >= 1).all()
+    for fold in (0, 1):
+        a, b = (pd.read_csv(r.run.history(name, 0, fold, "tuned")).drop(columns="seconds")
+                for r in (kept, again))
+        pd.testing.assert_frame_equal(a, b)
+
+
 def test_repeated_cv_keeps_repeat_zero_and_adds_redrawn_folds(tmp_path, cache):
     base = dict(variants=("A.0",), profile=TINY, settings=("specified",), rf=False,
                 cache_dir=cache, progress=False, seed=5)
