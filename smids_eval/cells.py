@@ -186,14 +186,14 @@ def _identical_pairs(hashes: list[str]) -> np.ndarray:
     return np.asarray([p for p in pairs if p[0] != p[1]], dtype=np.intp).reshape(-1, 2)
 
 
-def linked_units(images: np.ndarray, paths) -> SameCell:
-    """Units of the images: byte-identical files (SHA-256), near-identical copies
-    (``groups.near_duplicate_pairs`` on the decoded ``images``) and re-crops of one cell (the
-    files ``paths``) are one unit (ids 0..U-1). A link between byte-identical files is
-    ``identical`` whichever test also found it."""
+def linked_units(images: np.ndarray, paths, sha256=None) -> SameCell:
+    """Units of the images: byte-identical files (SHA-256: ``sha256`` when the scan computed it,
+    else hashed here), near-identical copies (``groups.near_duplicate_pairs`` on the decoded
+    ``images``) and re-crops of one cell (the files ``paths``) are one unit (ids 0..U-1). A
+    link between byte-identical files is ``identical`` whichever test also found it."""
     from .groups import merge_groups, near_duplicate_pairs
 
-    hashes = file_hashes(paths)
+    hashes = list(sha256) if sha256 else file_hashes(paths)
     recrops, scores = same_cell_pairs(paths)
     identical, near = _identical_pairs(hashes), near_duplicate_pairs(images)
     parts = [(identical, "identical", np.full(len(identical), np.nan)),

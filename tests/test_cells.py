@@ -125,6 +125,10 @@ def test_drop_conflicts_removes_the_conflicting_unit_and_renames_the_run(tmp_pat
     assert dropped.dataset.fingerprint != kept.dataset.fingerprint
     assert dropped.run.root.name != kept.run.root.name and "noconflicts" in dropped.run.root.name
     assert len(dropped.groups) == 12 and len(dropped.plans[0].outer_fold) == 12
+    # the scan's file hashes travel with the data set (linked_units does not hash again)
+    from smids_eval.cells import file_hashes
+    for ds in (kept.dataset, dropped.dataset):
+        assert ds.sha256 == file_hashes([root / p for p in ds.paths])
 
 
 def _prepared_run(tmp_path):

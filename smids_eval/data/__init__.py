@@ -37,6 +37,7 @@ class Dataset:
     fingerprint: str
     source: DataSource
     duplicates: list[list[str]] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)   # of each file's bytes (scan); [] unknown
 
     @property
     def size(self) -> int:
@@ -58,7 +59,8 @@ class Dataset:
         return replace(self, images=self.images[keep], labels=self.labels[keep], paths=paths,
                        original_sizes=self.original_sizes[keep],
                        fingerprint=digest[:len(self.fingerprint)],
-                       duplicates=[g for g in groups if len(g) > 1])
+                       duplicates=[g for g in groups if len(g) > 1],
+                       sha256=[self.sha256[i] for i in keep] if self.sha256 else [])
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASSES))
@@ -88,7 +90,8 @@ def load_folder(root: str | Path, size: int, cache_dir: str | Path | None = None
                     len(dups), root, dups[:5])
     return Dataset(images=arrays["images"], labels=np.array([f.label for f in files], dtype=np.int64),
                    paths=relpaths, original_sizes=arrays["original_sizes"], root=root,
-                   fingerprint=fp, source=source, duplicates=dups)
+                   fingerprint=fp, source=source, duplicates=dups,
+                   sha256=[f.sha256 for f in files])
 
 
 def load_dataset(data_dir: str | Path | None = None, *, size: int = 64,

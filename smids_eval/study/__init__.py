@@ -246,7 +246,8 @@ def same_cell_units(dataset):
     conflicting labels."""
     from ..cells import conflicting_units, linked_units
 
-    cells = linked_units(dataset.images, [dataset.root / p for p in dataset.paths])
+    cells = linked_units(dataset.images, [dataset.root / p for p in dataset.paths],
+                         dataset.sha256)
     units, links = cells.units, cells.links
     conflicts = conflicting_units(units, dataset.labels)
     multi = int((np.bincount(units) > 1).sum())
