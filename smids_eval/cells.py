@@ -35,6 +35,7 @@ from scipy import ndimage
 from sklearn.neighbors import NearestNeighbors
 
 from .data.decode import read_image
+from .io import save_numpy
 
 FACTOR = 2            # files are compared at 1/FACTOR of their native resolution
 MIN_CORRELATION = 0.9
@@ -184,6 +185,37 @@ def _identical_pairs(hashes: list[str]) -> np.ndarray:
     first: dict[str, int] = {}
     pairs = [(first.setdefault(h, i), i) for i, h in enumerate(hashes)]
     return np.asarray([p for p in pairs if p[0] != p[1]], dtype=np.intp).reshape(-1, 2)
+
+
+#: bump when a linking rule changes (here, in ``groups.near_duplicate_pairs`` or in the
+#: constants above): stored links of an older version are not reused
+LINKER_VERSION = 1
+
+
+def stored_links_path(cache_dir: Path, fingerprint: str, size: int) -> Path:
+    """Where ``cached_linked_units`` keeps one data set's links (decoded at ``size`` px)."""
+    rules = f"v{LINKER_VERSION}-f{FACTOR}-c{MIN_CORRELATION}-o{MIN_OVERLAP}"
+    return Path(cache_dir) / "same_cell" / f"{fingerprint}_s{size}_{rules}.npz"
+
+
+def cached_linked_units(images: np.ndarray, paths, sha256, path: Path | None) -> SameCell:
+    """``linked_units``, stored at ``path`` (``stored_links_path``) and loaded from it when its
+    files' hashes are ``sha256``: linking reads every file at native resolution (about 25 s for
+    the real copy), and a benchmark's twin runs and every rerun need the same answer."""
+    from .data.cache import load_decoded
+
+    stored = load_decoded(path) if path is not None else None
+    if stored is not None and sha256 and list(stored["sha256"]) == list(sha256):
+        links = pd.DataFrame({"a": stored["a"], "b": stored["b"],
+                              "kind": stored["kind"].astype(object), "score": stored["score"]})
+        return SameCell(stored["units"], links, list(sha256))
+    cells = linked_units(images, paths, sha256)
+    if path is not None:
+        save_numpy(path, units=cells.units, a=cells.links["a"].to_numpy(np.intp),
+                   b=cells.links["b"].to_numpy(np.intp),
+                   kind=cells.links["kind"].to_numpy(str), score=cells.links["score"].to_numpy(),
+                   sha256=np.asarray(cells.sha256, dtype=str))
+    return cells
 
 
 def linked_units(images: np.ndarray, paths, sha256=None) -> SameCell:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from smids_eval.cells import (
@@ -162,6 +163,27 @@ def test_run_folder_records_byte_identical_copies_and_cross_class_recrops(tmp_pa
     splits = pd.read_csv(ctx.run.splits).merge(table[["path", "unit"]], on="path",
                                                suffixes=("", "_csv"))
     assert len(splits) == len(table) and (splits["unit"] == splits["unit_csv"]).all()
+
+
+def test_same_cell_links_are_found_once_per_data_set_and_then_loaded(tmp_path, monkeypatch):
+    """A second preparation of the same data (a benchmark's twin run, a rerun) loads the stored
+    links instead of reading every file again, and gets the same units, table and splits."""
+    import smids_eval.cells
+    from smids_eval.study import prepare
+
+    first = _prepared_run(tmp_path)
+
+    def relink(*args, **kwargs):
+        raise AssertionError("the same data set was linked again")
+
+    monkeypatch.setattr(smids_eval.cells, "same_cell_pairs", relink)
+    again = prepare(first.config, write=False)
+    pd.testing.assert_frame_equal(again.same_cell, first.same_cell)
+    assert np.array_equal(again.plans[0].outer_fold, first.plans[0].outer_fold)
+    assert len(again.same_cell) == 6
+    # another image size is another entry: near-identical copies are judged on decoded images
+    with pytest.raises(AssertionError, match="linked again"):
+        prepare(first.config.replace(overrides={"data": {"image_size": 48}}), write=False)
 
 
 def test_link_precision_counts_the_labelled_pairs_with_an_exact_interval():

@@ -174,7 +174,7 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
                            synthetic_style=profile.data.synthetic_style)
     log.info("data: %s — %d images, fingerprint %s", dataset.source.describe(), len(dataset),
              dataset.fingerprint)
-    cells = same_cell_units(dataset)
+    cells = same_cell_units(dataset, cache_dir)
     same_cell, units = cells.table(dataset.paths, dataset.labels), cells.units
     if config.drop_conflicts:
         dataset, units = drop_conflicts(dataset, units)
@@ -240,14 +240,16 @@ def _check_config(run: RunFolder, config: dict) -> None:
                           f"{', '.join(diff)}); pass another --run-name or --out, or delete it")
 
 
-def same_cell_units(dataset):
+def same_cell_units(dataset, cache_dir: Path | None = None):
     """``cells.SameCell`` of the data set (copies and re-crops of one cell: the unit of every
-    image, the links and the file hashes), logged with the units whose images carry
-    conflicting labels."""
-    from ..cells import conflicting_units, linked_units
+    image, the links and the file hashes; found once per data set and size, then kept under
+    ``cache_dir``), logged with the units whose images carry conflicting labels."""
+    from ..cells import cached_linked_units, conflicting_units, stored_links_path
 
-    cells = linked_units(dataset.images, [dataset.root / p for p in dataset.paths],
-                         dataset.sha256)
+    stored = None if cache_dir is None else stored_links_path(cache_dir, dataset.fingerprint,
+                                                              dataset.size)
+    cells = cached_linked_units(dataset.images, [dataset.root / p for p in dataset.paths],
+                                dataset.sha256, stored)
     units, links = cells.units, cells.links
     conflicts = conflicting_units(units, dataset.labels)
     multi = int((np.bincount(units) > 1).sum())
