@@ -4,7 +4,8 @@ For each prefix depth a run needs: a handful of random images through the frozen
 one suffix training epoch on their activations, on the run's device and precision with a
 randomly initialised network of the profile's width and image size (speed does not depend on
 the weight values). Each measurement is run twice and the second is timed (first calls build
-kernels); a probe takes a few seconds on a CPU at 64 px.
+kernels); the training rate is the difference between a 2-batch and a 4-batch epoch, per added
+image, so fixed per-epoch costs do not inflate it. A probe takes a few seconds on a CPU at 64 px.
 """
 
 from __future__ import annotations
@@ -66,16 +67,24 @@ def _probe_depth(profile: Profile, depth: int, runtime: Runtime) -> Rates:
 
     extract()
     features, prefix_s = extract()
-    n_train = 2 * batch          # two full training batches and one validation batch
-    x = features.repeat(-(-n_train // n), 1, 1, 1, 1)[:n_train]
-    labels = np.arange(n_train) % 3
 
-    def epoch() -> float:
+    def epoch(batches: int) -> float:
+        """Seconds of one epoch of ``batches`` full training batches, validated on half as many
+        images (as an inner fold is)."""
+        n_train = batches * batch
+        x = features.repeat(-(-n_train // n), 1, 1, 1, 1)[:n_train]
+        labels = np.arange(n_train) % 3
+        val = n_train // 2
         result = fit(copy.deepcopy(model.suffix), CachedSource(x, runtime), labels,
-                     CachedSource(x[:batch], runtime), labels[:batch], Hyper("adam", 1e-4),
+                     CachedSource(x[:val], runtime), labels[:val], Hyper("adam", 1e-4),
                      runtime=runtime, epochs=1, batch_size=batch, progress=False, desc="probe")
-        return float(result.history["seconds"].iloc[0]) / n_train
+        return float(result.history["seconds"].iloc[0])
 
     with compute_threads(profile.train.cpu_threads if runtime.device.type == "cpu" else 0):
-        epoch()
-        return Rates(prefix_s=prefix_s, train_s=epoch())
+        epoch(2)
+        short, long = epoch(2), epoch(4)
+    # the marginal cost of an image: what an epoch costs whatever its size (the optimizer's
+    # first step, copying the best state) weighs on a 2-batch probe, not on a real epoch
+    extra = 2 * batch
+    return Rates(prefix_s=prefix_s,
+                 train_s=(long - short) / extra if long > short else long / (2 * extra))
