@@ -7,12 +7,13 @@ match (channels, augmentation, dropout, unfrozen blocks) and, for ``specified``,
 and learning rate too: the study's F.0/F.2/F.3/F.4 differ only in specified settings, so their
 ``tuned`` arms coincide. A random-forest head sees only the frozen prefix's view-0 features, so
 it depends on channels and prefix depth alone (A.0/C.0/E.0 share one, B.0/D.0/F.0/F.2–F.4
-another). The first arm in study order computes; the others are its aliases.
+another). The first arm in study order computes; the others are its aliases. A variant the
+profile does not tune (``tune.is_tuned``) has no ``tuned`` arm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .naming import RF_SETTING, rf_name
@@ -36,11 +37,13 @@ class ArmTable:
     canonical: dict[tuple[str, str], tuple[str, str]]
 
     @classmethod
-    def build(cls, variants: Sequence[Variant], settings: Sequence[str], rf: bool) -> ArmTable:
+    def build(cls, variants: Sequence[Variant], settings: Sequence[str], rf: bool,
+              tuned: Callable[[Variant], bool] = lambda v: True) -> ArmTable:
         first: dict[tuple, tuple[str, str]] = {}
         canonical: dict[tuple[str, str], tuple[str, str]] = {}
         for v in variants:
-            arms = [((v.name, s), arm_identity(v, s)) for s in settings]
+            arms = [((v.name, s), arm_identity(v, s)) for s in settings
+                    if s != "tuned" or tuned(v)]
             if rf:
                 arms.append(((rf_name(v.name), RF_SETTING), arm_identity(v, RF_SETTING, rf=True)))
             for arm, identity in arms:

@@ -55,7 +55,8 @@ class CVConfig:
 @dataclass(frozen=True)
 class TuneConfig:
     trials: int = 6
-    trials_unfrozen: int = 2        # trials for variants that train conv blocks (costly)
+    trials_unfrozen: int = 2        # trials for variants that train conv blocks (costly;
+                                    # 0: such variants run their specified setting only)
     unfrozen_inner_folds: int = 0   # inner folds a trial of such variants uses (0 = all)
     pruner: str = "median"          # median | wilcoxon | none
     search_space: str = "search_space.toml"
@@ -146,7 +147,7 @@ _RANGES: dict[str, dict[str, tuple]] = {
               "views": _AT_LEAST_0, "num_workers": _AT_LEAST_0, "cpu_threads": _AT_LEAST_0},
     "cv": {"outer_folds": (2, None, True, True), "inner_folds": (2, None, True, True),
            "repeats": _AT_LEAST_1},
-    "tune": {"trials": _AT_LEAST_1, "trials_unfrozen": _AT_LEAST_1,
+    "tune": {"trials": _AT_LEAST_1, "trials_unfrozen": _AT_LEAST_0,
              "unfrozen_inner_folds": _AT_LEAST_0},
     "evaluate": {"mc_samples": _AT_LEAST_0, "ood_max_images": _AT_LEAST_0,
                  "ood_severities": (1, 5, True, True), "far_ood_images": _AT_LEAST_0,

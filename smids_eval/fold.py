@@ -40,10 +40,6 @@ log = logging.getLogger("smids_eval.study")
 FIRST_FITS_KEPT = 4
 
 
-def _hyper_key(params: dict) -> tuple:
-    return params["optimizer"], float(params["learning_rate"]), float(params["weight_decay"])
-
-
 def pooled(features: torch.Tensor) -> np.ndarray:
     """Global-average-pooled view-0 activations (N, C): the random-forest head's input."""
     x = features[:, 0]
@@ -210,8 +206,7 @@ class FoldRunner:
             hyper = Hyper(v.optimizer, v.learning_rate, ctx.profile.train.weight_decay)
         else:
             with timer.stage("tuning"):
-                best, result = self._tune(fold)
-            hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
+                best, hyper, result = self._tune(fold)
             extra = {"tune_best_inner_macro_f1": best["best_value"],
                      "tune_trials": best["n_trials"]}
         if result is not None:
@@ -260,13 +255,13 @@ class FoldRunner:
                                   mc_seed=ctx.config.seed)
         return out.with_descriptors(descriptors)
 
-    def _tune(self, fold: int) -> tuple[dict, FitResult | None]:
-        """The best trial's params and info, and that trial's fit on inner fold 0 when this
+    def _tune(self, fold: int) -> tuple[dict, Hyper, FitResult | None]:
+        """The best trial's params and info, its settings, and that trial's fit on inner fold 0 when this
         process ran it and kept it: the final fit trains on the same inner fold with the same
         settings, seed and threads, so it would be the same computation (a resumed tuning, or
         a fit dropped from the ``FIRST_FITS_KEPT``, is fitted again, with the same numbers)."""
         ctx, y = self.ctx, self.ctx.dataset.labels
-        first: dict[tuple, FitResult] = {}
+        first: dict[Hyper, FitResult] = {}
 
         def fit_inner(params: dict, j: int) -> float:
             a, b = self.split.inner(fold, j)
@@ -274,13 +269,14 @@ class FoldRunner:
                                      Hyper(**params), seed=ctx.fold_seed(self.repeat, fold),
                                      desc=f"{self.variant.name} fold {fold} trial inner {j}")
             if j == 0:
-                first[_hyper_key(params)] = result
+                first[Hyper(**params)] = result
                 if len(first) > FIRST_FITS_KEPT:
                     del first[min(first, key=lambda k: first[k].best_val_macro_f1)]
             return result.best_val_macro_f1
 
         best = tuned_hyper(ctx, self.variant, self.repeat, fold, fit_inner)
-        return best, first.get(_hyper_key(best))
+        hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
+        return best, hyper, first.get(hyper)
 
     def _shifted(self, fold: int, test_idx: np.ndarray) -> tuple[np.ndarray, dict, dict]:
         """A seeded subsample of the held-out fold, its shifted copies' activations and their

@@ -91,11 +91,19 @@ def trial_budget(cfg: TuneConfig, trials: int | None, unfrozen: bool, n_inner: i
                  ) -> tuple[int, int]:
     """(trials, inner folds per trial) of one variant's tuning in one outer fold: ``--trials``
     overrides the profile; variants that train conv blocks (``unfrozen``) are costly, so they
-    get ``trials_unfrozen`` and at most ``unfrozen_inner_folds`` inner folds (0 = all)."""
+    get ``trials_unfrozen`` and at most ``unfrozen_inner_folds`` inner folds (0 = all).
+    0 trials: the variant is not tuned (``is_tuned``)."""
     n_trials = trials or (cfg.trials_unfrozen if unfrozen else cfg.trials)
     if unfrozen and cfg.unfrozen_inner_folds:
         n_inner = min(n_inner, cfg.unfrozen_inner_folds)
     return n_trials, n_inner
+
+
+def is_tuned(cfg: TuneConfig, trials: int | None, unfrozen: bool) -> bool:
+    """Whether a variant has a ``tuned`` arm: a profile that cannot afford to tune the costly
+    variants sets ``trials_unfrozen = 0`` (they run their specified setting only) unless
+    ``--trials`` asks for trials."""
+    return trial_budget(cfg, trials, unfrozen, 1)[0] > 0
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:

@@ -160,3 +160,30 @@ def test_feature_cache_never_reused_across_size_channels_or_views(tmp_path, chan
                   cache_dir=tmp_path, progress=False)
     same.prefix_features(easy_images(6)[0])
     assert (same.cache.computed, same.cache.loaded) == (0, 1)  # the same key is shared
+
+
+def test_a_profile_that_does_not_tune_unfrozen_variants_gives_them_no_tuned_arm(tmp_path, cache):
+    """``trials_unfrozen = 0``: F.1 runs its specified setting (and its RF head) only, the plan
+    counts exactly the rows the run writes, and the tables are made without the missing arm;
+    ``--trials`` still asks for a tuned F.1."""
+    untuned = ArmTable.build(select_variants(["all"]), ("specified", "tuned"), rf=True,
+                             tuned=lambda v: not v.unfreeze_blocks)
+    assert ("F.1", "tuned") not in untuned.canonical
+    assert ("F.1", "specified") in untuned.canonical and ("F.1+RF", "tuned") in untuned.canonical
+    assert len(untuned.computed()) == 10 + 6 + 3
+
+    config = StudyConfig(variants=("F.1", "A.0"), profile=TINY, out=str(tmp_path / "out"),
+                         overrides={"tune": {"trials_unfrozen": 0}}, cache_dir=cache,
+                         progress=False)
+    plan = run_study(config.replace(plan_only=True))
+    by_name = {v.name: v for v in plan.variants}
+    assert by_name["F.1"].tunings == 0 and by_name["A.0"].tunings == 2
+    result = run_study(config)
+    rows = result.folds
+    assert len(rows) == plan.results_total == 2 * (2 + 2 + 1)   # folds × (A.0: 2 + RF, F.1: 1 + RF)
+    f1 = rows[rows["variant"] == "F.1"]
+    assert list(f1["setting"]) == ["specified", "specified"]
+    assert set(rows.loc[rows["variant"] == "A.0", "setting"]) == {"specified", "tuned"}
+    assert result.run.comparisons.is_file() and result.run.leaderboard.is_file()
+    again = run_study(config.replace(out=str(tmp_path / "asked"), trials=1, plan_only=True))
+    assert {v.name: v.tunings for v in again.variants}["F.1"] == 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, roc_curve
 from sklearn.neighbors import NearestNeighbors
 
 from ..metric_names import HELD_OUT, metric_column
@@ -298,17 +298,21 @@ class InDistribution(Detector):
         return np.min(np.stack(list(self.margins(outputs).values())), axis=0)
 
 
-def ood_metrics(score_in: np.ndarray, score_out: np.ndarray) -> dict[str, float]:
-    """AUROC, AUPR-in, AUPR-out and FPR at 95% TPR; in-distribution = positive, higher score =
-    more in-distribution. FPR95: fraction of OOD images accepted by the threshold that keeps
-    95% of in-distribution images."""
+def ood_metrics(score_in: np.ndarray, score_out: np.ndarray,
+                precision_recall: bool = True) -> dict[str, float]:
+    """AUROC and FPR at 95% TPR (and, with ``precision_recall``, AUPR-in and AUPR-out);
+    in-distribution = positive, higher score = more in-distribution. FPR95: fraction of OOD
+    images accepted by the threshold that keeps 95% of in-distribution images. AUROC is the
+    area under the one ROC curve that FPR95 reads (``roc_auc_score`` computes the same)."""
     y = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
     s = np.r_[score_in, score_out].astype(np.float64)
     fpr, tpr, _ = roc_curve(y, s)
-    return {"auroc": float(roc_auc_score(y, s)),
-            "aupr_in": float(average_precision_score(y, s)),
-            "aupr_out": float(average_precision_score(1 - y, -s)),
-            "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")])}
+    res = {"auroc": float(auc(fpr, tpr)),
+           "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")])}
+    if precision_recall:
+        res.update(aupr_in=float(average_precision_score(y, s)),
+                   aupr_out=float(average_precision_score(1 - y, -s)))
+    return res
 
 
 def has_descriptor(outputs: ModelOutputs | None, name: str | None) -> bool:
@@ -373,7 +377,7 @@ class OODScorer:
                 if not usable_on(det, ood):
                     continue
                 s_out = det.score(ood)
-                metrics = ood_metrics(s_in, s_out)
+                metrics = ood_metrics(s_in, s_out, precision_recall=False)
                 for k in REPORTED:
                     res[metric_column("ood", k, set=set_name, method=name)] = metrics[k]
                 res[metric_column("ood", "flagged", set=set_name, method=name)] = float(

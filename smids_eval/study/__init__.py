@@ -46,7 +46,7 @@ from ..study_config import StudyConfig
 from ..timing import RunCost, StageTimer
 from ..toml import loads
 from ..tomlw import dumps
-from ..tune import open_storage
+from ..tune import is_tuned, open_storage
 from ..variants import Variant, select_variants
 from ..weights import resolve_weights
 from .jobs import start_helpers, wait_helpers
@@ -87,7 +87,8 @@ class StudyContext:
 
     def __post_init__(self):
         if self.arm_table is None:
-            self.arm_table = ArmTable.build(self.variants, self.config.settings, self.rf_enabled)
+            self.arm_table = ArmTable.build(self.variants, self.config.settings, self.rf_enabled,
+                                            tuned=self.tunes)
 
     @property
     def plan(self) -> SplitPlan:
@@ -97,6 +98,10 @@ class StudyContext:
     @property
     def repeats(self) -> int:
         return len(self.plans)
+
+    def tunes(self, variant: Variant) -> bool:
+        """Whether ``variant`` has a tuned arm in this run (the profile's trial budget)."""
+        return is_tuned(self.profile.tune, self.config.trials, bool(variant.unfreeze_blocks))
 
     @property
     def rf_enabled(self) -> bool:
@@ -110,7 +115,8 @@ class StudyContext:
     def arms(self, variant: Variant) -> list[tuple[str, str]]:
         """(arm name, setting) of every result a variant computes for one fold: arms that are
         the same computation as an earlier variant's are that arm's aliases, not recomputed."""
-        arms = [(variant.name, s) for s in self.config.settings]
+        arms = [(variant.name, s) for s in self.config.settings if s != "tuned"
+                or self.tunes(variant)]
         if self.rf_enabled:
             arms.append((rf_name(variant.name), RF_SETTING))
         return [a for a in arms if self.arm_table.computes(a)]
