@@ -5,6 +5,12 @@ Inside each outer training part, a grouped inner k-fold: fold 0 is the validatio
 early stopping and calibration of the final model; all inner folds serve tuning. Repeated CV
 re-draws the group-to-fold assignment with ``repeat_seed(seed, r)``; repeat 0 is the seed's own
 assignment, so a one-repeat run and the first repeat of a longer one coincide.
+
+``StratifiedGroupKFold`` places groups in order of their class-count spread and its ``shuffle``
+only reorders ties: groups of distinct sizes and class mixes (the real copy's inferred groups)
+get the same folds under every seed. Repeats after the first therefore place the groups in a
+seeded random order, each into the fold that keeps class shares most even (the same criterion),
+so every repeat is a different partition (``random_order_group_folds``).
 """
 
 from __future__ import annotations
@@ -31,9 +37,40 @@ def check_no_leakage(groups: np.ndarray, train_idx: np.ndarray, test_idx: np.nda
                            "a donor must never be in training and test data of one split")
 
 
-def _folds(labels, groups, k: int, seed: int, grouped: bool, units=None) -> np.ndarray:
+def random_order_group_folds(labels: np.ndarray, groups: np.ndarray, k: int,
+                             seed: int) -> np.ndarray:
+    """Fold index of every sample: groups taken in a seeded random order, each put where the
+    per-class shares of the folds stay most even (ties: the smaller fold), as
+    ``StratifiedGroupKFold`` does for its sorted order. Draws again (next seed) in the rare
+    case that leaves a fold empty."""
+    names, group_of = np.unique(groups, return_inverse=True)
+    classes, label_of = np.unique(labels, return_inverse=True)
+    counts = np.zeros((len(names), len(classes)))
+    np.add.at(counts, (group_of, label_of), 1)
+    totals = counts.sum(0)
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        per_fold, fold_of = np.zeros((k, len(classes))), np.empty(len(names), dtype=np.int64)
+        for g in rng.permutation(len(names)):
+            spread = []
+            for f in range(k):
+                per_fold[f] += counts[g]
+                spread.append(np.mean(np.std(per_fold / totals, axis=0)))
+                per_fold[f] -= counts[g]
+            spread = np.asarray(spread)
+            best = np.flatnonzero(np.isclose(spread, spread.min()))
+            fold_of[g] = best[np.argmin(per_fold[best].sum(1))]
+            per_fold[fold_of[g]] += counts[g]
+        if (per_fold.sum(1) > 0).all():
+            return fold_of[group_of]
+    raise ConfigError(f"could not place {len(names)} groups into {k} non-empty folds; "
+                      "use fewer folds")
+
+
+def _folds(labels, groups, k: int, seed: int, grouped: bool, units=None,
+           random_order: bool = False) -> np.ndarray:
     """Fold index (0..k-1) of every sample; ungrouped splits still keep ``units`` (same cell)
-    together."""
+    together; ``random_order``: grouped folds from ``random_order_group_folds``."""
     n_groups = len(np.unique(groups))
     if grouped and n_groups < 2:
         raise ConfigError(f"grouped folds need at least 2 groups, but there is {n_groups}; "
@@ -44,6 +81,8 @@ def _folds(labels, groups, k: int, seed: int, grouped: bool, units=None) -> np.n
                           f"use --folds {n_groups} or fewer")
     if k < 2:
         raise ConfigError(f"folds must be ≥ 2 (got {k})")
+    if grouped and random_order:
+        return random_order_group_folds(labels, groups, k, seed)
     by_unit = not grouped and units is not None
     splitter = (StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
                 if grouped or by_unit
@@ -124,12 +163,14 @@ class SplitPlan:
 
 
 def make_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 5, inner_k: int = 3,
-                seed: int = 0, grouped: bool = True, units: np.ndarray | None = None) -> SplitPlan:
+                seed: int = 0, grouped: bool = True, units: np.ndarray | None = None,
+                random_order: bool = False) -> SplitPlan:
     """Deterministic grouped (or, for the optimism comparison, stratified random) nested folds;
-    ``units`` (same cell or field) are kept together in every mode and checked."""
+    ``units`` (same cell or field) are kept together in every mode and checked.
+    ``random_order``: grouped outer folds from ``random_order_group_folds`` (later repeats)."""
     labels, groups = np.asarray(labels), np.asarray(groups)
     units = None if units is None else np.asarray(units)
-    outer = _folds(labels, groups, outer_k, seed, grouped, units)
+    outer = _folds(labels, groups, outer_k, seed, grouped, units, random_order)
     inner = np.full((len(labels), outer_k), -1, dtype=np.int64)
     for f in range(outer_k):
         train = np.flatnonzero(outer != f)
@@ -154,7 +195,8 @@ def make_repeated_splits(labels: np.ndarray, groups: np.ndarray, outer_k: int = 
     """``repeats`` independent nested fold assignments (repeated grouped k-fold CV)."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be ≥ 1 (got {repeats})")
-    return [make_splits(labels, groups, outer_k, inner_k, repeat_seed(seed, r), grouped, units)
+    return [make_splits(labels, groups, outer_k, inner_k, repeat_seed(seed, r), grouped, units,
+                        random_order=r > 0)
             for r in range(repeats)]
 
 

@@ -56,6 +56,42 @@ def test_repeats_redraw_the_assignment_with_the_same_seed_base():
                           make_repeated_splits(labels, groups, 5, 3, seed=4)[0].outer_fold)
 
 
+def test_repeats_redraw_groups_of_distinct_sizes_and_class_mixes():
+    """Groups like the real copy's inferred ones (2 to 600 images, each its own class mix):
+    StratifiedGroupKFold's shuffle gives the same folds under every seed there, so repeats after
+    the first draw their own order; every repeat is another partition, still grouped, balanced
+    and reproducible."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(3)
+    sizes = np.unique(rng.integers(2, 600, 17))          # distinct sizes
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    labels = np.concatenate([rng.choice(3, n, p=rng.dirichlet([2, 2, 2])) for n in sizes])
+
+    def sklearn_folds(seed):
+        fold = np.empty(len(labels), dtype=int)
+        splitter = StratifiedGroupKFold(5, shuffle=True, random_state=seed)
+        for f, (_, test) in enumerate(splitter.split(labels, labels, groups)):
+            fold[test] = f
+        return fold
+
+    assert np.array_equal(sklearn_folds(0), sklearn_folds(1000))   # the pitfall
+    plans = make_repeated_splits(labels, groups, 5, 3, seed=0, repeats=3)
+    again = make_repeated_splits(labels, groups, 5, 3, seed=0, repeats=3)
+    for p, q in zip(plans, again, strict=True):
+        assert np.array_equal(p.outer_fold, q.outer_fold)
+    assert np.array_equal(plans[0].outer_fold, sklearn_folds(0))  # repeat 0 as before
+    partitions = [frozenset(frozenset(np.unique(groups[p.outer_fold == f])) for f in range(5))
+                  for p in plans]
+    assert len(set(partitions)) == 3                                # three different partitions
+    for p in plans:
+        for f in range(5):
+            train, test = p.outer(f)                                # leakage-checked
+            assert len(test) > 0
+            shares = np.bincount(labels[test], minlength=3) / len(test)
+            assert np.all(np.abs(shares - np.bincount(labels, minlength=3) / len(labels)) < 0.25)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("arms-cache"))
