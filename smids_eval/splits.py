@@ -41,8 +41,8 @@ def random_order_group_folds(labels: np.ndarray, groups: np.ndarray, k: int,
                              seed: int) -> np.ndarray:
     """Fold index of every sample: groups taken in a seeded random order, each put where the
     per-class shares of the folds stay most even (ties: the smaller fold), as
-    ``StratifiedGroupKFold`` does for its sorted order. Draws again (next seed) in the rare
-    case that leaves a fold empty."""
+    ``StratifiedGroupKFold`` does for its sorted order. Draws another order from the same
+    generator in the rare case that leaves a fold empty."""
     names, group_of = np.unique(groups, return_inverse=True)
     classes, label_of = np.unique(labels, return_inverse=True)
     counts = np.zeros((len(names), len(classes)))
