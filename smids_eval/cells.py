@@ -35,7 +35,7 @@ from scipy import ndimage
 from sklearn.neighbors import NearestNeighbors
 
 from .data.decode import read_image
-from .io import save_numpy
+from .io import load_numpy, save_numpy
 
 FACTOR = 2            # files are compared at 1/FACTOR of their native resolution
 MIN_CORRELATION = 0.9
@@ -202,9 +202,7 @@ def cached_linked_units(images: np.ndarray, paths, sha256, path: Path | None) ->
     """``linked_units``, stored at ``path`` (``stored_links_path``) and loaded from it when its
     files' hashes are ``sha256``: linking reads every file at native resolution (about 25 s for
     the real copy), and a benchmark's twin runs and every rerun need the same answer."""
-    from .data.cache import load_decoded
-
-    stored = load_decoded(path) if path is not None else None
+    stored = load_numpy(path) if path is not None else None
     if stored is not None and sha256 and list(stored["sha256"]) == list(sha256):
         links = pd.DataFrame({"a": stored["a"], "b": stored["b"],
                               "kind": stored["kind"].astype(object), "score": stored["score"]})

@@ -134,6 +134,20 @@ def save_numpy(path: str | os.PathLike, **arrays) -> None:
         np.savez(fh, **arrays)
 
 
+def load_numpy(path: str | os.PathLike) -> dict | None:
+    """The arrays of a ``save_numpy`` file, or None when absent or unreadable (a cache entry
+    that its owner then rebuilds)."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def load_torch(path: str | os.PathLike, *, weights_only: bool, what: str, remedy: str):
     """``torch.load`` on the CPU; an unreadable file is a ConfigError naming it and the remedy."""
     import torch

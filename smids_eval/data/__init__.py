@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASSES
+from ..io import load_numpy
 from . import cache
 from .classes import canonical_class, class_slug
 from .decode import decode_files, read_image
@@ -77,7 +78,7 @@ def load_folder(root: str | Path, size: int, cache_dir: str | Path | None = None
     fp = fingerprint(files)
     relpaths = [f.relpath for f in files]
     path = cache.decoded_path(cache_dir, fp, size)
-    arrays = cache.load_decoded(path)
+    arrays = load_numpy(path)
     if arrays is None or list(arrays["paths"]) != relpaths:
         images, original = decode_files(root, relpaths, size)
         cache.stats["decoded_images"] += len(relpaths)

@@ -31,16 +31,5 @@ def decoded_path(cache_dir: Path, fingerprint: str, size: int) -> Path:
     return cache_dir / "decoded" / f"{fingerprint}_s{size}.npz"
 
 
-def load_decoded(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when absent or unreadable (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def store_decoded(path: Path, **arrays: np.ndarray) -> None:
     save_numpy(path, **arrays)
