@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def cache_views(profile: Profile, augment: bool) -> int:
 def prefix_depth(variant: Variant) -> int:
     """Frozen conv blocks in front of the trainable suffix (``VGG19Variant.prefix_depth``)."""
     return 5 - variant.unfreeze_blocks
+
+
+def feature_cache_key(variant: Variant, profile: Profile, *, fingerprint: str, weights_id: str,
+                      augment: bool, init_seed: int, augment_seed: int, precision: str,
+                      augment_cfg: AugmentConfig = DEFAULT_AUGMENT) -> dict:
+    """Everything a frozen-feature cache entry depends on (``FeatureCache`` key): an engine
+    stores under it, and the plan reads it to tell caches on disk from caches to build."""
+    return {
+        "version": CACHE_VERSION, "fingerprint": fingerprint,
+        "size": profile.data.image_size, "channels": variant.channels,
+        "weights": weights_id, "init_seed": init_seed if weights_id == "random" else None,
+        "width": profile.model.width, "prefix_depth": prefix_depth(variant),
+        "views": cache_views(profile, augment), "seed": augment_seed if augment else None,
+        "augment": asdict(augment_cfg) if augment else None, "precision": precision,
+    }
 
 
 class Engine:
@@ -87,34 +103,40 @@ class Engine:
         return cache_views(self.profile, augment)
 
     def cache_key(self, fingerprint: str, augment: bool) -> dict:
-        return {
-            "version": CACHE_VERSION, "fingerprint": fingerprint,
-            "size": self.profile.data.image_size, "channels": self.variant.channels,
-            "weights": self.weights_id,
-            "init_seed": self.init_seed if self.weights_id == "random" else None,
-            "width": self.profile.model.width, "prefix_depth": self.model.prefix_depth,
-            "views": self.n_views(augment), "seed": self.augment_seed if augment else None,
-            "augment": asdict(self.augment_cfg) if augment else None,
-            "precision": self.runtime.precision,
-        }
+        return feature_cache_key(self.variant, self.profile, fingerprint=fingerprint,
+                                 weights_id=self.weights_id, augment=augment,
+                                 init_seed=self.init_seed, augment_seed=self.augment_seed,
+                                 precision=self.runtime.precision, augment_cfg=self.augment_cfg)
 
-    def prefix_features(self, images: np.ndarray, fingerprint: str | None = None,
-                        augment: bool | None = None) -> torch.Tensor:
+    def prefix_features(self, images: np.ndarray | Callable[[], np.ndarray],
+                        fingerprint: str | None = None, augment: bool | None = None
+                        ) -> torch.Tensor:
         """(N, V, C, h, w) bf16 prefix activations (view 0 = identity), loaded from the cache
-        when present; or (N, 1, 3, S, S) uint8 images when the engine is not ``cached``."""
+        when present; or (N, 1, 3, S, S) uint8 images when the engine is not ``cached``.
+        ``images`` may be a function that makes them, with the ``fingerprint`` that names
+        them: it is called only when the cache lacks them (shifted copies)."""
+        if callable(images) and (fingerprint is None or not self.cached):
+            images = images()
+        if not callable(images):
+            images_t = self._checked(images)
+            if not self.cached:
+                return images_t.unsqueeze(1)
+            fingerprint = fingerprint or fingerprint_images(images)
+        augment = self.variant.augmentation if augment is None else augment
+        return self.cache.get(self.cache_key(fingerprint, augment), lambda: extract_prefix(
+            self.model.prefix, self._checked(images()) if callable(images) else images_t,
+            self.variant.channels, self.n_views(augment), self.augment_seed, self.runtime,
+            batch_size=self.profile.train.batch_size, augment_cfg=self.augment_cfg,
+            progress=self.progress))
+
+    def _checked(self, images: np.ndarray) -> torch.Tensor:
+        """Images as a (N, 3, S, S) uint8 tensor, at the profile's size."""
         images_t = images_to_tensor(images)
         size = self.profile.data.image_size
         if images_t.shape[-1] != size or images_t.shape[-2] != size:
             raise ValueError(f"images are {tuple(images_t.shape[-2:])} px but the profile's "
                              f"image_size is {size}; resize them in the data layer")
-        if not self.cached:
-            return images_t.unsqueeze(1)
-        augment = self.variant.augmentation if augment is None else augment
-        key = self.cache_key(fingerprint or fingerprint_images(images), augment)
-        return self.cache.get(key, lambda: extract_prefix(
-            self.model.prefix, images_t, self.variant.channels, self.n_views(augment),
-            self.augment_seed, self.runtime, batch_size=self.profile.train.batch_size,
-            augment_cfg=self.augment_cfg, progress=self.progress))
+        return images_t
 
     def _source(self, x, train: bool):
         if isinstance(x, np.ndarray):

@@ -35,10 +35,12 @@ def fingerprint_images(images: np.ndarray | torch.Tensor) -> str:
 
 
 class FeatureCache:
-    """A folder of cached activations; ``computed``/``loaded`` count what each call did."""
+    """A folder of cached tensors (prefix activations; acquisition descriptors under
+    ``stem="descriptors"``); ``computed``/``loaded`` count what each call did."""
 
-    def __init__(self, directory: str | Path | None):
+    def __init__(self, directory: str | Path | None, stem: str = "prefix"):
         self.directory = Path(directory) if directory is not None else None
+        self.stem = stem
         self.computed = 0
         self.loaded = 0
 
@@ -47,7 +49,7 @@ class FeatureCache:
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     def path(self, key: dict) -> Path | None:
-        return None if self.directory is None else self.directory / f"prefix-{self.digest(key)}.pt"
+        return None if self.directory is None else self.directory / f"{self.stem}-{self.digest(key)}.pt"
 
     def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Load the tensor stored under ``key`` or compute and store it (under a file lock:

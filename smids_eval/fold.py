@@ -4,6 +4,7 @@ evaluation, and the fold's files (through ``RunFolder``). Knows nothing of the C
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from dataclasses import asdict
 from functools import partial
@@ -19,10 +20,16 @@ from .data import class_slug
 from .device import compute_threads
 from .engine import Engine
 from .evaluate import batch_shift_keys, evaluate_fold, fit_batch_test, fit_confidence_artifacts
-from .evaluate.descriptors import DESCRIPTORS, block_moments, image_statistics
+from .evaluate.descriptors import (
+    DESCRIPTORS,
+    DESCRIPTORS_VERSION,
+    block_moments,
+    has_block_moments,
+    image_statistics,
+)
 from .evaluate.ood import DETECTORS
 from .evaluate.rf_head import RandomForestHead
-from .evaluate.shifts import SHIFTS, shifted_copies
+from .features import FeatureCache, fingerprint_images
 from .io import write_csv
 from .naming import RF_SETTING, rf_name
 from .outputs import ModelOutputs
@@ -91,7 +98,16 @@ def tuned_hyper(ctx, variant: Variant, repeat: int, fold: int, fit_inner) -> dic
 
 
 class SurplusHelper(Exception):
-    """A ``--jobs`` helper process stops: more workers than cores run on this machine now."""
+    """A ``--jobs`` helper process stops: more workers than cores run on this machine now, or
+    the study that started it has ended (killed)."""
+
+
+def parent_gone() -> bool:
+    """Whether this process is a spawned helper whose parent process has died: it then stops
+    before its next arm instead of computing unattended (what it finished is kept, and a rerun
+    resumes the rest)."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and not parent.is_alive()
 
 
 class FoldRunner:
@@ -110,6 +126,8 @@ class FoldRunner:
         self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed
+        self.descriptor_cache = FeatureCache(ctx.cache_dir / "descriptors", stem="descriptors")
+        self.last_copy: tuple[str | None, np.ndarray | None] = (None, None)
         with self.timer.stage("features"):
             self.engine = Engine(variant, p, device=p.device, weights=p.model.weights,
                                  cache_dir=ctx.cache_dir / "features", init_seed=seed,
@@ -131,26 +149,41 @@ class FoldRunner:
         """View-0 prefix activations of extra images (shifted or OOD), via the feature cache."""
         return self.engine.prefix_features(images, augment=False)[:, 0]
 
-    def _describe(self, name: str, images: np.ndarray,
-                  names=DESCRIPTORS) -> dict[str, np.ndarray]:
-        """Acquisition descriptors ``names`` of an image set (``evaluate.descriptors``),
-        computed once per run: image statistics per set, block moments per set and input
-        pipeline (channels, weights); every variant of the run reuses them."""
+    def _describe(self, name: str, images, names=DESCRIPTORS,
+                  content_key: str | None = None) -> dict[str, np.ndarray]:
+        """Acquisition descriptors ``names`` of an image set (``evaluate.descriptors``):
+        image statistics per set, block moments per set and input pipeline (channels,
+        weights). Computed once (kept in ``shared`` for this process's variants, and on disk
+        by content for other processes, twins and later runs). ``images`` may be a function
+        that makes them, named by ``content_key``: called only when a descriptor is missing."""
         res = {}
-        image_key = ("image_stats", name)
-        if "image_stats" in names:
-            if image_key not in self.shared:
-                self.shared[image_key] = image_statistics(images)
-            res["image_stats"] = self.shared[image_key]
-        block_key = ("block_moments", name, self.variant.channels, self.engine.weights_id)
-        if "block_moments" not in names:
-            return res
-        if block_key not in self.shared:
-            self.shared[block_key] = block_moments(self.engine.model.prefix, images,
-                                                   self.variant.channels)
-        if self.shared[block_key] is not None:
-            res["block_moments"] = self.shared[block_key]
+        for d in names:
+            key = ((d, name) if d == "image_stats" else
+                   (d, name, self.variant.channels, self.engine.weights_id))
+            if key not in self.shared:
+                self.shared[key] = self._descriptor(d, images, content_key)
+            if self.shared[key] is not None:
+                res[d] = self.shared[key]
         return res
+
+    def _descriptor(self, name: str, images, content_key: str | None) -> np.ndarray | None:
+        """One descriptor of ``images``, through the on-disk descriptor cache."""
+        prefix = self.engine.model.prefix
+        if name == "block_moments" and not has_block_moments(prefix):
+            return None
+        make = images if callable(images) else (lambda: images)
+        key = {"version": DESCRIPTORS_VERSION, "descriptor": name,
+               "images": content_key or fingerprint_images(make())}
+        if name == "block_moments":   # what the activations depend on (engine.cache_key)
+            engine_key = self.engine.cache_key("", augment=False)
+            key.update({k: engine_key[k] for k in ("channels", "weights", "init_seed", "width")})
+
+        def compute() -> torch.Tensor:
+            if name == "image_stats":
+                return torch.from_numpy(image_statistics(make()))
+            return torch.from_numpy(block_moments(prefix, make(), self.variant.channels))
+
+        return self.descriptor_cache.get(key, compute).numpy()
 
     def _pick(self, descriptors: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
         return {k: v[idx] for k, v in descriptors.items()}
@@ -172,8 +205,8 @@ class FoldRunner:
             if ctx.run.done(name, repeat, fold, setting) and not ctx.config.force:
                 bar.update(1)
                 continue
-            if ctx.config.helper and self.claims.live_here() > ctx.jobs:
-                raise SurplusHelper  # workers started since: this machine's cores are taken
+            if ctx.config.helper and (self.claims.live_here() > ctx.jobs or parent_gone()):
+                raise SurplusHelper  # cores taken by workers started since, or no parent
             with self.claims.claim(claim_key(name, repeat, fold, setting)) as ours, \
                     compute_threads(ctx.profile.train.cpu_threads):
                 if not ours:
@@ -182,7 +215,7 @@ class FoldRunner:
                 elif ctx.config.force or not ctx.run.done(name, repeat, fold, setting):
                     if shift is None:
                         with self.timer.stage("features"):
-                            shift = self._shifted(fold, test_idx)
+                            shift = self._shifted(test_idx)
                     shift_idx, shifted, shifted_desc = shift
                     if name == self.rf_name:
                         with self.timer.stage("rf_head"):
@@ -278,25 +311,31 @@ class FoldRunner:
         hyper = Hyper(best["optimizer"], best["learning_rate"], best["weight_decay"])
         return best, hyper, first.get(hyper)
 
-    def _shifted(self, fold: int, test_idx: np.ndarray) -> tuple[np.ndarray, dict, dict]:
-        """A seeded subsample of the held-out fold, its shifted copies' activations and their
-        acquisition descriptors."""
-        cfg = self.ctx.profile.evaluate
-        seed = self.ctx.fold_seed(self.repeat, fold)
-        rng = np.random.default_rng(seed)
-        n = min(cfg.ood_max_images, len(test_idx))
-        idx = np.sort(rng.choice(test_idx, n, replace=False)) if n else test_idx[:0]
-        if n == 0 or not cfg.ood_severities:
-            return idx, {}, {}
-        copies = shifted_copies(self.ctx.dataset.images[idx], cfg.ood_severities,
-                                seed=seed, names=list(SHIFTS))
+    def _shifted(self, test_idx: np.ndarray) -> tuple[np.ndarray, dict, dict]:
+        """The shift panel's images in the held-out fold ``test_idx``: their indices, their
+        shifted copies' activations and acquisition descriptors (through the caches: a set of
+        copies is made only when its activations or descriptors are missing)."""
+        cfg, panel = self.ctx.profile.evaluate, self.ctx.shift_panel
+        pos = panel.positions(test_idx)
         # milder severities are scored by the in-distribution rule only: its descriptor only
-        worst = f"_s{max(cfg.ood_severities)}"
+        worst = f"_s{max(cfg.ood_severities, default=0)}"
         rule_only = (DETECTORS[cfg.acquisition_detector].descriptor,)
-        return (idx, {k: self._features(x) for k, x in copies.items()},
-                {k: self._describe(f"shift:{self.repeat}:{fold}:{k}", x,
-                                   DESCRIPTORS if k.endswith(worst) else rule_only)
-                 for k, x in copies.items()})
+        features, descriptors = {}, {}
+        for name in panel.sets:
+            make, key = partial(self._panel_copy, name), panel.set_key(name)
+            features[name] = self.engine.prefix_features(make, fingerprint=key,
+                                                         augment=False)[:, 0][pos]
+            described = self._describe(f"shift:{name}", make,
+                                       DESCRIPTORS if name.endswith(worst) else rule_only, key)
+            descriptors[name] = self._pick(described, pos)
+        return panel.index[pos], features, descriptors
+
+    def _panel_copy(self, name: str) -> np.ndarray:
+        """One set of the panel's shifted copies (the last one made is kept: its activations
+        and descriptors are made one after the other)."""
+        if self.last_copy[0] != name:
+            self.last_copy = (name, self.ctx.shift_panel.copy(self.ctx.dataset.images, name))
+        return self.last_copy[1]
 
     def _evaluate(self, fold, setting, train_out, val_out, test_out, shifted_out, far_out) -> dict:
         """Metrics on the held-out fold; OOD sets = far-OOD and foreign-lab sets and the

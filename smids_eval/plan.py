@@ -8,13 +8,14 @@ seconds per image that ``probe.py`` measures on this host (per prefix depth: ``p
 through the frozen prefix, ``train_s`` per training image of one suffix epoch):
 
 * features: images × views × ``prefix_s`` for every feature cache a pending variant needs,
-  plus, once per (channels, depth), the far-OOD images and each pending fold's shifted copies;
+  plus, once per (channels, depth), the far-OOD images and the shift panel's copies;
   built one after the other on every core;
 * training (each tuning trial on each of its inner folds, and each final fit of a specified
   arm; a tuned arm's final fit is its best trial's fit on inner fold 0): epochs × training
   images × ``train_s`` (plus ``prefix_s`` for variants trained without the cache);
 * evaluation of each final fit: one forward pass (a third of ``train_s``) over the outer
-  training part, the held-out fold, its shifted copies and the far-OOD images;
+  training part, the held-out fold, the shifted copies of its panel images and the far-OOD
+  images;
 * the fold work (training and evaluation) is shared by the run's worker processes
   (``--jobs``), each at the profile's ``cpu_threads``, which is where the probe times
   ``train_s``.
@@ -22,8 +23,9 @@ through the frozen prefix, ``train_s`` per training image of one suffix epoch):
 Early stopping is modelled by measured fractions: final fits of the committed quick runs
 (real copy and synthetic) ran on average ``EARLY_STOP_FRACTION`` of their epochs, heads and
 unfrozen blocks apart. ``eta_s`` uses them; ``eta_max_s`` counts every epoch. Pruned trials, the
-random-forest head, the metrics and file writes are not modelled, and feature caches already
-on disk are counted as built.
+random-forest head, the metrics and file writes are not modelled. Training feature caches
+and shift-panel copies already on disk are not counted; far-OOD images are (their key hashes
+the images).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from .device import resolve_runtime
-from .engine import cache_views, prefix_depth, uses_feature_cache
-from .evaluate.shifts import SHIFTS
+from .engine import cache_views, feature_cache_key, prefix_depth, uses_feature_cache
+from .features import FeatureCache
 from .naming import is_rf
 from .probe import Rates, measure_rates
 from .tune import trial_budget
@@ -180,14 +182,14 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
     nothing."""
     config, p = ctx.config, ctx.profile
     folds, units = ctx.folds(), ctx.units()
-    evaluate = p.evaluate
     n_far = sum(len(x) for x in ctx.far_ood.values())
 
+    panel = ctx.shift_panel
+
     def n_shifted(unit: tuple[int, int]) -> int:
-        if not evaluate.ood_severities:
-            return 0
-        n_test = len(ctx.plans[unit[0]].outer(unit[1])[1])
-        return min(evaluate.ood_max_images, n_test) * len(SHIFTS) * len(evaluate.ood_severities)
+        """Shifted copies a fold evaluates: those of the shift panel's held-out images."""
+        test = ctx.plans[unit[0]].outer(unit[1])[1]
+        return len(panel.positions(test)) * len(panel.sets)
 
     todo = {v.name: {u: [(arm, s) for arm, s in ctx.arms(v)
                          if config.force or not ctx.run.done(arm, *u, s)] for u in units}
@@ -198,20 +200,30 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
     if probe and missing:
         rates.update(measure_rates(p, missing))
 
-    # features: the training caches, and (once per channels and depth) far-OOD + shifted images
+    # features: the training caches not on disk yet, and (once per channels and depth) far-OOD
+    # and shifted images
+    t = p.train
+    runtime = resolve_runtime(p.device, t.precision, t.channels_last, t.compile)
+    store = FeatureCache(ctx.cache_dir / "features")
+
+    def on_disk(v, fingerprint: str, augment: bool) -> bool:
+        key = feature_cache_key(v, p, fingerprint=fingerprint, weights_id=ctx.weights_id,
+                                augment=augment, init_seed=config.seed,
+                                augment_seed=config.seed, precision=runtime.precision)
+        return store.path(key).is_file()
+
+    cached = [v for v in active if uses_feature_cache(v, p)]
     caches = list(dict.fromkeys(
         CacheSpec(v.channels, prefix_depth(v), cache_views(p, v.augmentation), p.data.image_size)
-        for v in active if uses_feature_cache(v, p)))
+        for v in cached if not on_disk(v, ctx.dataset.fingerprint, v.augmentation)))
     passes: dict[int, int] = {}
     for c in caches:
         passes[c.prefix_depth] = passes.get(c.prefix_depth, 0) + len(ctx.dataset) * c.views
-    extra: dict[tuple[str, int], set] = {}     # (channels, depth) -> (repeat, fold)s with work
-    for v in active:
-        if uses_feature_cache(v, p):
-            busy = {u for u, arms in todo[v.name].items() if arms}
-            extra.setdefault((v.channels, prefix_depth(v)), set()).update(busy)
-    for (_, d), busy in extra.items():
-        passes[d] = passes.get(d, 0) + n_far + sum(n_shifted(f) for f in busy)
+    pipelines = {(v.channels, prefix_depth(v)): v for v in cached}  # one variant for each
+    for (_, d), v in pipelines.items():
+        shifted = sum(len(panel) for name in panel.sets
+                      if not on_disk(v, panel.set_key(name), False))
+        passes[d] = passes.get(d, 0) + n_far + shifted
     features_eta = (None if not probe
                     else round(sum(n * rates[d].prefix_s for d, n in passes.items()), 1))
 
@@ -253,8 +265,6 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
     if probe:
         eta_s = round(features_eta + sum(v.eta_s for v in variants) / workers, 1)
         eta_max_s = round(features_eta + sum(v.eta_max_s for v in variants) / workers, 1)
-    t = p.train
-    runtime = resolve_runtime(p.device, t.precision, t.channels_last, t.compile)
     return StudyPlan(
         run=ctx.run.root.name, profile=p.name, device=runtime.describe(),
         variants=tuple(variants), settings=tuple(config.settings), folds=tuple(folds),

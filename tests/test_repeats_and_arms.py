@@ -223,3 +223,43 @@ def test_a_profile_that_does_not_tune_unfrozen_variants_gives_them_no_tuned_arm(
     assert result.run.comparisons.is_file() and result.run.leaderboard.is_file()
     again = run_study(config.replace(out=str(tmp_path / "asked"), trials=1, plan_only=True))
     assert {v.name: v.tunings for v in again.variants}["F.1"] == 2
+
+
+def test_every_fold_of_every_repeat_shifts_its_own_share_of_one_panel():
+    from smids_eval.evaluate.shift_panel import ShiftPanel
+
+    rng = np.random.default_rng(1)
+    labels, groups = rng.integers(0, 3, 400), rng.integers(0, 17, 400)
+    panel = ShiftPanel.draw(400, per_fold=20, outer_folds=5, severities=(3,), seed=7)
+    assert len(panel) == 100 and len(np.unique(panel.index)) == 100
+    assert np.array_equal(panel.index, ShiftPanel.draw(400, 20, 5, (3,), seed=7).index)
+    for plan in make_repeated_splits(labels, groups, 5, 2, seed=0, repeats=3):
+        held_out = [panel.index[panel.positions(plan.outer(f)[1])] for f in range(5)]
+        assert sorted(np.concatenate(held_out)) == sorted(panel.index)   # each image once
+        for f, idx in enumerate(held_out):
+            assert set(idx) <= set(plan.outer(f)[1])                     # and held out there
+    assert len(ShiftPanel.draw(400, 20, 5, (), seed=7)) == 0             # nothing to shift
+    assert len(ShiftPanel.draw(60, 20, 5, (3,), seed=7)) == 60           # all, when fewer
+
+
+def test_repeats_reuse_the_shifted_copies_activations_and_descriptors(tmp_path):
+    """A second repeat re-draws the folds but evaluates the same shifted copies: nothing new is
+    written to the feature or descriptor caches, and a second process (or a twin) loads what the
+    first computed."""
+    cache = tmp_path / "cache"
+    base = dict(variants=("A.0",), profile=TINY, settings=("specified",), rf=False,
+                cache_dir=str(cache), progress=False, seed=5)
+
+    def entries():
+        return sorted(p.name for d in ("features", "descriptors")
+                      for p in (cache / d).glob("*.pt"))
+
+    one = run_study(StudyConfig(**base, out=str(tmp_path / "one")))
+    built = entries()
+    assert any(n.startswith("descriptors-") for n in built)
+    two = run_study(StudyConfig(**base, repeats=2, out=str(tmp_path / "two")))
+    assert entries() == built
+    first = two.folds[two.folds["repeat"] == 0].reset_index(drop=True)
+    assert not numeric_equal(first, one.folds.reset_index(drop=True))   # loaded = computed
+    shifted = [c for c in two.folds if c.startswith("shift_") and c.endswith("_accuracy")]
+    assert shifted and two.folds[shifted].notna().all().all()

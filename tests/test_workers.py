@@ -175,3 +175,50 @@ def test_jobs_split_a_study_across_processes_with_the_single_process_numbers(tmp
     assert record["rows_compared"] == 12 and record["within_tolerance"], record
     assert set(record["max_abs_delta"].values()) == {0.0}, record["max_abs_delta"]
     assert not (runs["2"] / "claims").exists()
+
+
+def _orphan_watch(flag: str) -> None:
+    """A helper-like child: says when it watches its (live) parent, then when it is gone."""
+    from smids_eval.fold import parent_gone
+
+    if parent_gone():
+        return
+    Path(flag).write_text("watching")
+    for _ in range(1200):
+        if parent_gone():
+            Path(flag).write_text("parent gone")
+            return
+        time.sleep(0.05)
+
+
+def _parent_of_watcher(flag: str) -> None:
+    import multiprocessing
+
+    multiprocessing.get_context("spawn").Process(target=_orphan_watch, args=(flag,)).start()
+    time.sleep(120)
+
+
+def test_a_helper_sees_that_the_study_that_started_it_was_killed(tmp_path):
+    """``--jobs`` helpers stop before their next arm once their parent is gone (kill -9), rather
+    than computing unattended; a process not spawned as a helper is never told it is orphaned."""
+    import multiprocessing
+    import signal
+
+    from smids_eval.fold import parent_gone
+
+    assert not parent_gone()          # pytest's process was not spawned by multiprocessing
+    flag = tmp_path / "flag"
+    parent = multiprocessing.get_context("spawn").Process(target=_parent_of_watcher,
+                                                          args=(str(flag),))
+    parent.start()
+    deadline = time.time() + 60
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert flag.read_text() == "watching"          # parent alive: the helper goes on
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    deadline = time.time() + 30
+    while flag.read_text() != "parent gone" and time.time() < deadline:
+        time.sleep(0.1)
+    assert flag.read_text() == "parent gone"

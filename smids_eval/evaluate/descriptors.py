@@ -34,6 +34,8 @@ _LOG_COLUMNS = [i for i, n in enumerate(IMAGE_STAT_NAMES)
                          "illumination_gradient")]
 #: first two VGG19 blocks: Normalize + (conv, relu) x 2 + pool + (conv, relu) x 2
 _BLOCK_ENDS = (4, 9)  # prefix indices (after Normalize) of the last ReLU of blocks 1 and 2
+#: part of the descriptor cache's key (fold.py): raise it when a descriptor's computation changes
+DESCRIPTORS_VERSION = 1
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
@@ -109,15 +111,20 @@ def _statistics(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def has_block_moments(prefix: torch.nn.Sequential) -> bool:
+    """Whether ``prefix`` (Normalize + frozen layers) holds VGG19 blocks 1 and 2."""
+    return len(prefix) >= 1 + _BLOCK_ENDS[-1] + 1
+
+
 @torch.inference_mode()
 def block_moments(prefix: torch.nn.Sequential, images: np.ndarray, channels: str,
                   batch: int = 128, bf16: bool = True) -> np.ndarray | None:
     """(N, 2 * (C1 + C2)) per-channel mean and std of VGG19 blocks 1 and 2, or None when
     ``prefix`` (Normalize + frozen layers) holds fewer than two blocks. ``bf16``: convolutions
     under bf16 autocast (twice as fast on CPU; moments agree with float32 to ~0.5%)."""
-    layers = list(prefix)
-    if len(layers) < 1 + _BLOCK_ENDS[-1] + 1:
+    if not has_block_moments(prefix):
         return None
+    layers = list(prefix)
     device = next((p.device for p in prefix.parameters()), torch.device("cpu"))
     tensor = images_to_tensor(images)
     out = []

@@ -15,6 +15,9 @@ from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from ..metric_names import metric_column, shift_set
 
 SEVERITIES = (1, 2, 3)
+#: part of the key under which shifted copies' activations and descriptors are cached
+#: (``shift_panel.ShiftPanel.set_key``): raise it when a shift's output changes
+SHIFTS_VERSION = 1
 
 
 def _check(images: np.ndarray) -> np.ndarray:

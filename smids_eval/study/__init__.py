@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..data import Dataset, load_dataset
 from ..data.cache import default_cache_dir
 from ..device import cpu_jobs, measure_bf16_peak, resolve_device
 from ..errors import ConfigError
+from ..evaluate.shift_panel import ShiftPanel
 from ..fold import FoldRunner, SurplusHelper
 from ..groups import resolve_groups
 from ..io import ensure_output_dir, write_csv
@@ -78,6 +80,8 @@ class StudyContext:
     #: copies and re-crops among the loaded images (``cells.SameCell.table``), before any
     #: ``--drop-conflicts``; written to the run folder as ``RunFolder.same_cell_csv``
     same_cell: pd.DataFrame | None = None
+    #: the backbone weights every engine of the run loads (``weights.Weights.weights_id``)
+    weights_id: str = "random"
 
     @property
     def jobs(self) -> int:
@@ -126,8 +130,16 @@ class StudyContext:
         return [(r, f) for r in range(self.repeats) for f in self.folds()]
 
     def fold_seed(self, repeat: int, fold: int) -> int:
-        """Seed of one outer fold's draws (training, tuning sampler, shift subsample)."""
+        """Seed of one outer fold's draws (training, tuning sampler)."""
         return self.config.seed + fold + 1000 * repeat
+
+    @cached_property
+    def shift_panel(self) -> ShiftPanel:
+        """The images whose shifted copies every fold evaluates (its held-out ones)."""
+        e = self.profile.evaluate
+        return ShiftPanel.draw(len(self.dataset), e.ood_max_images, self.plan.n_outer,
+                               e.ood_severities, self.seed,
+                               data_key=f"{self.dataset.fingerprint}_s{self.profile.data.image_size}")
 
     def folds(self) -> list[int]:
         folds = sorted(set(self.config.only_folds)) or list(range(self.plan.n_outer))
@@ -172,7 +184,7 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
         # before the run folder exists: a wrong --out or weights that cannot be loaded must not
         # leave a config.toml that makes the corrected rerun "made with other settings"
         ensure_output_dir(config.out, "--out")
-        resolve_weights(profile.model.weights, profile.model.width)
+    weights_id = resolve_weights(profile.model.weights, profile.model.width).weights_id
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     dataset = load_dataset(config.data_dir, size=profile.data.image_size, cache_dir=cache_dir,
                            synthetic_images=profile.data.synthetic_images,
@@ -200,7 +212,7 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
     }
     ctx = StudyContext(config, variants, profile, dataset, groups, grouping, plans, run, None,
                        far_ood_images(profile, config), provenance, cache_dir,
-                       same_cell=same_cell)
+                       same_cell=same_cell, weights_id=weights_id)
     if write:
         open_run(ctx)
     return ctx
@@ -354,7 +366,8 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     try:
         _work(ctx, shared, timer, bar)
     except SurplusHelper:
-        log.info("helper: more workers than --jobs on this machine now; leaving the rest to them")
+        log.info("helper: stopping (more workers than --jobs on this machine now, or the study "
+                 "that started it ended); a worker or a rerun does the rest")
     if config.helper:
         claims.leave()
         return StudyResult(ctx.run, pd.DataFrame(), ctx, cost, complete=False)
