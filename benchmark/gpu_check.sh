@@ -18,8 +18,9 @@ SMIDS_BENCH_DEVICE=cuda python -m pytest benchmark/ --benchmark-only -q -p no:ca
 python - "$out" "$study_s" <<'PY'
 import json, sys, pathlib
 import pandas as pd
+from smids_eval.run_folder import folds_table
 out, study_s = pathlib.Path(sys.argv[1]), sys.argv[2]
-folds = pd.read_csv(out / "gpu-full-F.1-fold0" / "folds.csv")
+folds = pd.read_csv(folds_table(out / "gpu-full-F.1-fold0"))
 cols = ["variant", "setting", "cls_macro_f1", "cls_recall_abnormal_sperm", "cal_ece", "epochs_run",
         "wall_seconds", "run_device", "run_weights"]
 print(f"\nfull profile, F.1, outer fold 0 on CUDA: {study_s} s wall")

@@ -2,10 +2,11 @@
 
     python benchmark/ood_targets.py RUN_DIR [--variant NAME --setting SETTING]
 
-Reads RUN_DIR/folds.csv (every arm, or one) and prints each target with the measured value and
-PASS/FAIL: false alarms on held-out acquisition groups, flagged share of foreign-lab sets and of
-the strongest stain / grey / magnification shifts, selective risk at the validation threshold,
-Mondrian per-class coverage, and the batch test on held-out groups and foreign-lab batches.
+Reads RUN_DIR/folds.csv.gz (or an older run's folds.csv; every arm, or one) and prints each
+target with the measured value and PASS/FAIL: false alarms on held-out acquisition groups,
+flagged share of foreign-lab sets and of the strongest stain / grey / magnification shifts,
+selective risk at the validation threshold, Mondrian per-class coverage, and the batch test on
+held-out groups and foreign-lab batches.
 Exit status 0 whether or not targets pass: this measures, it does not gate.
 """
 
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from smids_eval.report.markdown import md_table
+from smids_eval.run_folder import folds_table
 
 FLAGGED = "ood_{}_in_distribution_flagged"
 STRONGEST = ("stain_s3", "hed_stain_s3", "grey_s3", "pseudo_colour_s3", "zoom_in_s3", "zoom_out_s3")
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant")
     p.add_argument("--setting")
     args = p.parse_args(argv)
-    path = Path(args.run_dir) / "folds.csv"
+    path = folds_table(args.run_dir)
     if not path.is_file():
         print(f"error: {path} not found; pass a run folder written by smids_eval.study",
               file=sys.stderr)

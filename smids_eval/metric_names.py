@@ -1,6 +1,6 @@
 """The one owner of the metric-column grammar.
 
-Every evaluator names a metric by its structured parts and gets the wide ``folds.csv`` column
+Every evaluator names a metric by its structured parts and gets the wide ``folds.csv.gz`` column
 back from ``metric_column``; the parts travel with the value (``records`` on the saved fold, then
 ``RUN/metrics.csv.gz``), so no reader ever parses a column name.
 
@@ -98,7 +98,7 @@ def metric_name(family: str, metric: str, *, set: str = HELD_OUT, method: str = 
 
 
 def metric_column(family: str, metric: str, **parts) -> str:
-    """The wide ``folds.csv`` column of one metric (see ``metric_name``), remembered with its
+    """The wide ``folds.csv.gz`` column of one metric (see ``metric_name``), remembered with its
     parts so the saved fold can carry them (``records``)."""
     name = metric_name(family, metric, **parts)
     known = _NAMED.setdefault(name.column, name)

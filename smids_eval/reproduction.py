@@ -21,6 +21,7 @@ import pandas as pd
 
 from .io import write_text
 from .layout import source_root
+from .run_folder import folds_table
 
 KEYS = ["variant", "setting", "repeat", "fold"]
 EXACT_PREFIXES = ("cls_", "cal_", "cp_", "sel_", "mc_")
@@ -37,7 +38,7 @@ def committed_twin(run_root: Path, results: Path | None = None) -> Path | None:
     if results is None:
         return None
     twin = Path(results) / Path(run_root).name
-    if not (twin / "folds.csv").is_file() or twin.resolve() == Path(run_root).resolve():
+    if not folds_table(twin).is_file() or twin.resolve() == Path(run_root).resolve():
         return None
     return twin
 
@@ -75,8 +76,8 @@ def _first(folds: pd.DataFrame, col: str) -> str:
 
 def compare_runs(fresh_root: Path, committed_root: Path) -> dict:
     """The reproduction record of ``fresh_root`` against ``committed_root``."""
-    fresh = pd.read_csv(Path(fresh_root) / "folds.csv")
-    committed = pd.read_csv(Path(committed_root) / "folds.csv")
+    fresh = pd.read_csv(folds_table(fresh_root))
+    committed = pd.read_csv(folds_table(committed_root))
     deltas = column_deltas(fresh, committed)
     over = deltas[deltas["max_abs_delta"] > deltas["tolerance"]]
     device = [_first(f, "run_device").split("/")[0] for f in (fresh, committed)]

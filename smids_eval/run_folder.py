@@ -40,6 +40,15 @@ _FOLD_FILE = re.compile(r"r(\d+)-fold(\d+)-(.+)")
 log = logging.getLogger(__name__)
 
 
+def folds_table(root: str | Path) -> Path:
+    """The wide per-fold table of run folder ``root``: ``folds.csv.gz``, or the plain
+    ``folds.csv`` of an older run folder when only that exists (the ``.gz`` path when neither
+    does, so that a missing table is named by its current name)."""
+    current = RunFolder(Path(root)).folds_csv
+    legacy = current.with_suffix("")
+    return legacy if not current.is_file() and legacy.is_file() else current
+
+
 def claim_key(arm: str, repeat: int, fold: int, setting: str) -> str:
     """Name of the claim (``claims.Claims``) on one fold × arm: its fold file's, under claims/."""
     return f"{dir_name(arm)}/{fold_stem(repeat, fold, setting)}"
@@ -104,7 +113,9 @@ class RunFolder:
 
     @property
     def folds_csv(self) -> Path:
-        return self.root / "folds.csv"
+        """Wide table, gzipped (MBs as text): one row per fold, one column per metric; readers
+        use ``folds_table``, which also finds a legacy ``folds.csv``."""
+        return self.root / "folds.csv.gz"
 
     @property
     def metrics_csv(self) -> Path:
@@ -238,8 +249,11 @@ class RunFolder:
                                      columns=["column", *PARTS, "kind"])
 
     def write_folds_csv(self) -> pd.DataFrame:
+        """``folds.csv.gz`` (see ``rows``); a legacy ``folds.csv`` beside it is removed, so
+        that readers never see two tables of one run."""
         frame = self.rows()
         write_csv(self.folds_csv, frame)
+        self.folds_csv.with_suffix("").unlink(missing_ok=True)
         return frame
 
     def write_metrics_csv(self) -> tuple[pd.DataFrame, pd.DataFrame]:

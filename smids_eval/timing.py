@@ -2,7 +2,7 @@
 
 A run writes this as ``timings.json`` (``RunCost.record``) so its cost can be compared with the
 plan's ETA and, through the normalised cost, across machines. Nothing here touches results:
-``folds.csv`` keeps only its per-fold ``wall_seconds``.
+``folds.csv.gz`` keeps only its per-fold ``wall_seconds``.
 """
 
 from __future__ import annotations

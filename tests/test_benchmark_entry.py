@@ -10,6 +10,7 @@ import pandas as pd
 
 from smids_eval.cli import module_main
 from smids_eval.report.markdown import SECTIONS
+from smids_eval.run_folder import RunFolder
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
 
@@ -38,7 +39,7 @@ def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path, capsys
     assert printed.count("At a glance:") == 1 and printed.startswith(grouped.name)
     assert "Grouping optimism" in printed
     # the optimism comparison ran the profile's variant under a plain stratified split
-    rfolds = pd.read_csv(random_split / "folds.csv")
+    rfolds = pd.read_csv(RunFolder(random_split).folds_csv)
     assert set(rfolds["variant"]) == {"F.0"} and (rfolds["run_split"] == "random").all()
     assert (out / "leaderboard.csv").is_file()
     board = pd.read_csv(out / "leaderboard.csv")
@@ -84,7 +85,7 @@ def test_benchmark_runs_the_grouping_sensitivity_twins_when_groups_are_inferred(
     assert names == sorted([main, main + "-groups5", main + "-random-split"])
     twin = pd.read_csv(out / (main + "-groups5") / "splits.csv")
     assert twin["group"].nunique() == 5
-    assert set(pd.read_csv(out / (main + "-groups5") / "folds.csv")["setting"]) == {"specified"}
+    assert set(pd.read_csv(RunFolder(out / (main + "-groups5")).folds_csv)["setting"]) == {"specified"}
     report = (out / main / "report.md").read_text()
     section = report.split("## Sensitivity to the grouping", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| inferred")

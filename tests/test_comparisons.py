@@ -97,7 +97,7 @@ def test_family_composition_on_a_small_frame():
 
 
 def test_aliases_resolve_to_the_computed_arm_and_are_not_compared_twice():
-    # F.2's tuned arm is F.0's tuned arm (only F.0 [tuned] is in folds.csv)
+    # F.2's tuned arm is F.0's tuned arm (only F.0 [tuned] is in folds.csv.gz)
     means = {("F.0", "tuned"): 0.80, ("F.0", "specified"): 0.78, ("F.2", "specified"): 0.76}
     folds = make_folds(means, aliases={("F.0", "tuned"): "F.2"})
     questions = family(folds)

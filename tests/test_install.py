@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from smids_eval.run_folder import RunFolder
 from smids_eval.toml import load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +127,10 @@ def test_wheel_installs_and_runs_a_study_outside_the_repository(tmp_path):
     assert got["rows"] == 2  # tiny profile: 2 outer folds × one variant × one setting
     run = Path(got["run"])
     assert run.is_relative_to(elsewhere.resolve())
-    assert (run / "folds.csv").is_file()
-    assert sum(1 for _ in (run / "folds.csv").open()) == 1 + 2
+    folds = RunFolder(run).folds_csv
+    assert folds.is_file() and not (run / "folds.csv").exists()
+    with gzip.open(folds, "rt") as fh:
+        assert sum(1 for _ in fh) == 1 + 2
     assert got["commits"] == ["smids-eval==" + _version()]  # not the commit of some outer repo
     print(f"wheel build + install + tiny study: {time.perf_counter() - t0:.1f} s")
 

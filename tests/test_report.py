@@ -70,9 +70,9 @@ def make_random_split_sibling(run: Path) -> Path:
     """A sibling '<run>-random-split' folder whose folds are this run's, made 0.1 more accurate."""
     sibling = run.with_name(run.name + "-random-split")
     sibling.mkdir(exist_ok=True)
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     folds["cls_accuracy"] = folds["cls_accuracy"] + 0.1
-    folds.to_csv(sibling / "folds.csv", index=False)
+    folds.to_csv(RunFolder(sibling).folds_csv, index=False)
     return sibling
 
 
@@ -80,7 +80,7 @@ def make_sensitivity_sibling(run: Path, n_groups: int = 3) -> Path:
     """A sibling '<run>-groupsN' folder: this run's folds, its images in ``n_groups`` groups."""
     sibling = run.with_name(f"{run.name}-groups{n_groups}")
     sibling.mkdir(exist_ok=True)
-    pd.read_csv(run / "folds.csv").to_csv(sibling / "folds.csv", index=False)
+    pd.read_csv(RunFolder(run).folds_csv).to_csv(RunFolder(sibling).folds_csv, index=False)
     splits = pd.read_csv(run / "splits.csv")
     splits["group"] = [f"inferred_{k % n_groups:02d}" for k in range(len(splits))]
     splits.to_csv(sibling / "splits.csv", index=False)
@@ -149,13 +149,15 @@ def test_rebuilt_models_reproduce_saved_predictions_and_gradcam(study):
 
 
 def test_stripped_run_still_builds_and_says_not_available(study, tmp_path):
+    """An older, stripped run folder: fewer arms and families, its wide table a plain folds.csv."""
     run, _ = study
     copy = tmp_path / run.name
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("models", "predictions", "figures",
                                                              "report.md"))
-    folds = pd.read_csv(copy / "folds.csv")
+    folds = pd.read_csv(RunFolder(copy).folds_csv)
     folds = folds[~folds["variant"].str.endswith("+RF")]
     folds = folds[[c for c in folds if not c.startswith(("mc_", "ood_", "shift_"))]]
+    RunFolder(copy).folds_csv.unlink()
     folds.to_csv(copy / "folds.csv", index=False)
     metrics = pd.read_csv(copy / "metrics.csv.gz")
     metrics = metrics[~metrics["variant"].str.endswith("+RF")
@@ -191,7 +193,7 @@ def test_at_a_glance_numbers_recompute_from_the_fold_rows(study, capsys):
     make_random_split_sibling(run)
     report = Report.load(run)
     facts = glance_facts(report)
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     neural = folds[~folds["variant"].str.endswith("+RF")]
     means = neural.groupby(["variant", "setting"])["cls_macro_f1"].mean()
     assert facts["best"] == means.idxmax()
@@ -314,7 +316,7 @@ def test_published_results_sit_beside_this_run_and_are_not_comparable(study, tmp
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "| random | 91.25 |  |" in rows["Paper A"]
     assert "| unspecified |  | value not verified offline |" in rows["Paper B"]
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     best = Report.load(run).best_arm()
     arm = folds[(folds.variant == best[0]) & (folds.setting == best[1])]
     assert f"| {100 * arm['cls_accuracy'].mean():.1f} ± " in rows["this run, best arm"]
@@ -353,7 +355,7 @@ def test_at_a_glance_numbers_equal_the_ones_recomputed_from_metrics_csv(study):
            for s in ("textures", "natural") if (arm["set"] == s).any()]
     assert far and facts["tier:far OOD (noise, textures, photos)"] == pytest.approx(np.mean(far))
     # the selected pipeline: per fold, the arm with the best inner-CV score, scored outside
-    folds = pd.read_csv(run / "folds.csv").dropna(subset=["tune_best_inner_macro_f1"])
+    folds = pd.read_csv(RunFolder(run).folds_csv).dropna(subset=["tune_best_inner_macro_f1"])
     picked = folds.loc[folds.groupby(["repeat", "fold"])["tune_best_inner_macro_f1"].idxmax()]
     assert facts["selected"]["mean"] == pytest.approx(picked["cls_macro_f1"].mean())
     from smids_eval.report.markdown import summary_text
@@ -367,7 +369,7 @@ def test_ood_and_shift_tables_are_queries_on_metrics_csv_matching_folds_csv(stud
     from smids_eval.report import figures as fg
 
     run, _ = study
-    folds, m = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv.gz")
+    folds, m = pd.read_csv(RunFolder(run).folds_csv), pd.read_csv(run / "metrics.csv.gz")
     part = m[(m["variant"] == "F.1") & (m["setting"] == "specified")]
     rows = folds[(folds["variant"] == "F.1") & (folds["setting"] == "specified")]
     for metric in ("auroc", "fpr95", "flagged"):

@@ -16,6 +16,7 @@ from smids_eval.reproduction import (
     committed_twin,
     summary_line,
 )
+from smids_eval.run_folder import RunFolder, folds_table
 
 
 def _folds(seed: int = 0) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def _folds(seed: int = 0) -> pd.DataFrame:
 
 def _run(root, folds):
     root.mkdir(parents=True)
-    folds.to_csv(root / "folds.csv", index=False)
+    folds.to_csv(RunFolder(root).folds_csv, index=False)
     return root
 
 
@@ -69,3 +70,19 @@ def test_missing_rows_values_and_twins(tmp_path):
     run = _run(tmp_path / "results" / "only", committed)
     assert committed_twin(run, tmp_path / "results") is None
     assert committed_twin(tmp_path / "runs" / "absent", tmp_path / "results") is None
+
+
+def test_a_legacy_folds_csv_is_still_found_and_compared(tmp_path):
+    legacy = tmp_path / "results" / "old"
+    legacy.mkdir(parents=True)
+    assert folds_table(legacy) == RunFolder(legacy).folds_csv == legacy / "folds.csv.gz"
+    _folds().to_csv(legacy / "folds.csv", index=False)  # written before the table was gzipped
+    assert folds_table(legacy) == legacy / "folds.csv"
+    fresh = _run(tmp_path / "runs" / "old", _folds())
+    assert folds_table(fresh) == fresh / "folds.csv.gz"
+    assert committed_twin(fresh, tmp_path / "results") == legacy
+    record = check_reproduction(fresh, tmp_path / "results")
+    assert record["within_tolerance"] and record["rows_compared"] == 6
+    # a rewritten table replaces the legacy one
+    RunFolder(legacy).write_folds_csv()
+    assert folds_table(legacy) == legacy / "folds.csv.gz" and not (legacy / "folds.csv").exists()

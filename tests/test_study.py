@@ -20,6 +20,7 @@ import pytest
 from smids_eval import StudyConfig, run_study
 from smids_eval.cli import module_main
 from smids_eval.evaluate.shifts import SHIFTS
+from smids_eval.run_folder import RunFolder, folds_table
 from smids_eval.toml import load_toml
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
@@ -44,10 +45,14 @@ def finished_run(tmp_path_factory, cache_dir):
 
 def test_writes_every_file_with_documented_columns(finished_run):
     out, run, _ = finished_run
-    for name in ["config.toml", "splits.csv", "folds.csv", "leaderboard.csv", "comparisons.csv"]:
+    for name in ["config.toml", "splits.csv", "folds.csv.gz", "metrics.csv.gz", "leaderboard.csv",
+                 "comparisons.csv"]:
         assert (run / name).is_file(), name
+    # the wide table is written gzipped only; readers find it (or an older run's folds.csv)
+    assert not (run / "folds.csv").exists()
+    assert folds_table(run) == RunFolder(run).folds_csv == run / "folds.csv.gz"
     assert (out / "leaderboard.csv").is_file() and (out / "comparisons.csv").is_file()
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     assert set(folds["variant"]) == {"F.1", "A.0", "F.1+RF", "A.0+RF"}
     assert set(folds.loc[folds.variant == "F.1", "setting"]) == {"specified", "tuned"}
     assert len(folds) == 2 * (2 + 2 + 1 + 1)  # 2 folds × (2 settings × 2 variants + 2 RF rows)
@@ -104,7 +109,7 @@ def test_timings_json_records_what_the_run_cost(finished_run):
     assert timings["normalised_wall_s"] == pytest.approx(
         timings["wall_s"] * min(timings["bf16_peak_gflops"], 700) / 700, abs=0.2)
     assert timings["eta_s"] > 0 and timings["plan"]["results_total"] == 12
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     assert not {"wall_s", "eta_s", "bf16_peak_gflops"} & set(folds.columns)  # results unchanged
 
 
@@ -132,7 +137,7 @@ def test_plan_counts_what_the_run_does_and_writes_nothing(finished_run, tmp_path
     assert isinstance(plan, StudyPlan)
     assert not fresh.exists()                       # no run folder, no optuna.db, nothing
     assert plan.run == run.name and plan.results_done == 0
-    assert plan.results_total == len(pd.read_csv(run / "folds.csv")) == 12
+    assert plan.results_total == len(pd.read_csv(RunFolder(run).folds_csv)) == 12
     assert plan.trials_total == _optuna_trials(run) == 2 * 1 + 2 * 2  # F.1: 1 trial, A.0: 2
     by_name = {v.name: v for v in plan.variants}
     assert (by_name["F.1"].trials, by_name["F.1"].inner_folds) == (1, 2)
@@ -208,7 +213,7 @@ def test_no_group_in_train_and_test_and_predictions_recompute_metrics(finished_r
         test = set(splits.loc[splits.outer_fold == f, "group"])
         train = set(splits.loc[splits.outer_fold != f, "group"])
         assert not test & train
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     row = folds[(folds.variant == "F.1") & (folds.setting == "tuned") & (folds.fold == 1)].iloc[0]
     pred = pd.read_csv(run / "predictions" / "F.1" / "r0-fold1-tuned.csv.gz")
     assert set(pred["path"]) == set(splits.loc[splits.outer_fold == 1, "path"])
@@ -271,7 +276,7 @@ def test_kill_9_never_corrupts_and_resume_finishes(tmp_path, cache_dir, uninterr
     for p, mtime in done_before.items():
         assert p.stat().st_mtime_ns == mtime  # not redone
     (run,) = [p for p in out.iterdir() if p.is_dir()]
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     assert len(folds) == 4 and folds["cls_accuracy"].notna().all()
     # same seed, same numbers: the killed-and-resumed run equals an uninterrupted one (the kill
     # landed in the next arm's tuning or training: stale trials failed, sampler replayed)
@@ -373,7 +378,7 @@ def test_folds_equal_the_pre_refactor_golden_run(finished_run):
     every number of every neural row must be unchanged, except what issue 9 renamed
     (``RENAMED``) or redefined on purpose (``REDEFINED``)."""
     _, run, _ = finished_run
-    golden, fresh = pd.read_csv(GOLDEN), pd.read_csv(run / "folds.csv")
+    golden, fresh = pd.read_csv(GOLDEN), pd.read_csv(RunFolder(run).folds_csv)
     assert list(fresh[["variant", "setting", "fold"]].itertuples(index=False)) == \
         list(golden[["variant", "setting", "fold"]].itertuples(index=False))
     numeric = [c for c in golden.select_dtypes("number")
@@ -449,13 +454,13 @@ def test_cli_study_writes_the_report_and_prints_its_block(finished_run, cache_di
     failed = [r.getMessage() for r in caplog.records if r.name == "smids_eval.report.markdown"]
     assert len(failed) == 1 and "report not written" in failed[0] and "are saved" in failed[0]
     assert capsys.readouterr().out == ""
-    assert len(pd.read_csv(run / "folds.csv")) == 12
+    assert len(pd.read_csv(RunFolder(run).folds_csv)) == 12
     report.rmdir()
 
 
 # --------------------------------------------------------------------------- tidy results
 
-#: folds.csv columns that are not metrics: the fold's identity, training bookkeeping, provenance
+#: folds.csv.gz columns that are not metrics: the fold's identity, training bookkeeping, provenance
 BOOKKEEPING = {"variant", "setting", "repeat", "fold", "aliases", "epochs_run", "best_epoch",
                "n_train", "n_fit", "n_test", "n_groups_test", "wall_seconds",
                "tune_best_inner_macro_f1", "tune_trials"}
@@ -466,7 +471,7 @@ def test_metrics_csv_holds_every_metric_of_folds_csv_once_with_the_same_value(fi
     from smids_eval.metric_names import column
 
     _, run, _ = finished_run
-    folds, metrics = pd.read_csv(run / "folds.csv"), pd.read_csv(run / "metrics.csv.gz")
+    folds, metrics = pd.read_csv(RunFolder(run).folds_csv), pd.read_csv(run / "metrics.csv.gz")
     assert list(metrics.columns) == ["run", "variant", "setting", "repeat", "fold", "family",
                                      "set", "method", "metric", "value"]
     metrics["column"] = [column(f, s, m, k) for f, s, m, k in zip(
@@ -496,7 +501,7 @@ def test_leaderboard_summary_has_distinct_arms_best_first(finished_run):
 
     out, run, _ = finished_run
     summary, board = pd.read_csv(run / "leaderboard_summary.csv"), pd.read_csv(run / "leaderboard.csv")
-    folds = pd.read_csv(run / "folds.csv")
+    folds = pd.read_csv(RunFolder(run).folds_csv)
     assert list(summary.columns) == [*SUMMARY_PROVENANCE, "variant", "setting", "aliases",
                                      *SUMMARY_COLUMNS]
     arms = list(zip(summary["variant"], summary["setting"], strict=True))
@@ -515,7 +520,7 @@ def test_leaderboard_summary_has_distinct_arms_best_first(finished_run):
 
 def test_fold_files_without_tidy_records_are_left_out_with_one_warning(finished_run, tmp_path,
                                                                        caplog):
-    from smids_eval.run_folder import TIDY_KEY, RunFolder
+    from smids_eval.run_folder import TIDY_KEY
 
     _, run, _ = finished_run
     copy = tmp_path / run.name
@@ -530,4 +535,4 @@ def test_fold_files_without_tidy_records_are_left_out_with_one_warning(finished_
     assert len([r for r in caplog.records if "predate metrics.csv" in r.message]) == 1
     full, _ = RunFolder(run).tidy()
     assert dropped > 100 and len(metrics) == len(full) - dropped and not parts.empty
-    assert len(RunFolder(copy).rows()) == len(RunFolder(run).rows())  # folds.csv keeps them
+    assert len(RunFolder(copy).rows()) == len(RunFolder(run).rows())  # folds.csv.gz keeps them

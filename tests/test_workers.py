@@ -18,6 +18,7 @@ import pytest
 
 from smids_eval.claims import Claims
 from smids_eval.reproduction import compare_runs
+from smids_eval.run_folder import RunFolder
 from smids_eval.tune import FINISHED
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
@@ -116,7 +117,7 @@ def test_three_workers_compute_each_fold_once_with_one_workers_numbers(tmp_path,
     names = [s.study_name for s in optuna.get_all_study_summaries(url)
              if s.study_name.startswith("smids-B.0-") and shared_run.name.split("-")[2]
              in s.study_name]
-    folds = pd.read_csv(shared_run / "folds.csv")
+    folds = pd.read_csv(RunFolder(shared_run).folds_csv)
     assert sorted(zip(folds["setting"], folds["fold"], strict=True)) == [
         ("specified", 0), ("specified", 1), ("tuned", 0), ("tuned", 1)]
     assert set(folds["variant"]) == {"B.0"} and len(names) == 2

@@ -23,7 +23,7 @@ Which comparisons (column ``family``):
 * ``exploratory``: the remaining pairs of computed arms (``compare(..., exploratory=True)``);
   unadjusted, ``p_holm`` is empty, read them as hypotheses, not findings.
 
-Identical arms are computed once (``smids_eval.arms``): folds.csv holds only the computed rows,
+Identical arms are computed once (``smids_eval.arms``): folds.csv.gz holds only the computed rows,
 and their ``aliases`` column names the other variants that are the same computation in the same
 setting. A question about an alias (``F.2`` tuned vs specified) is asked of its computed arm
 (``F.0 [tuned]`` vs ``F.2 [specified]``); a question that resolves to an arm against itself is
@@ -56,7 +56,7 @@ REFERENCE = "F.0"
 ROPE = 0.01
 #: fewest pairs with which an exact two-sided Wilcoxon test can reach p < 0.05 (2 / 2⁶ < 0.05)
 WILCOXON_MIN_PAIRS = 6
-#: ratio n_test / n_fit assumed when folds.csv has no sizes (4:1 split)
+#: ratio n_test / n_fit assumed when folds.csv.gz has no sizes (4:1 split)
 DEFAULT_RATIO = 0.25
 
 

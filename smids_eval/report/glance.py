@@ -8,7 +8,6 @@ block agrees with the sections it links to."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ import pandas as pd
 from ..evaluate import BATCH_ALPHA
 from ..evaluate.ood import FLAG
 from ..evaluate.shifts import SEVERITIES
+from ..run_folder import folds_table
 from .selection import selected_summary, selected_text
 from .tidy import ood_tier, pick, shift_sets
 
@@ -108,8 +108,8 @@ def glance_facts(r) -> dict[str, object]:
     if rf is not None:
         facts["rf"] = (rf["variant"], float(rf["cls_macro_f1_mean"]))
     random_dir = getattr(r, "random_split_run", None)
-    if random_dir is not None and (Path(random_dir) / "folds.csv").is_file():
-        rand = pd.read_csv(Path(random_dir) / "folds.csv")
+    if random_dir is not None and folds_table(random_dir).is_file():
+        rand = pd.read_csv(folds_table(random_dir))
         shared = set(zip(rand["variant"], rand["setting"], strict=True))
         pairs = [a for a in shared if not _arm_rows(r.folds, a).empty]
         if pairs:

@@ -42,7 +42,7 @@ LABELS = {"cls_recall_abnormal_sperm": "recall abnormal sperm", "cls_macro_f1": 
 
 
 def _on_leaderboard(part: pd.Series) -> bool:
-    """folds.csv keeps everything; the leaderboard keeps no counts, AUROC (and the
+    """folds.csv.gz keeps everything; the leaderboard keeps no counts, AUROC (and the
     in-distribution rule's flagged share) for OOD and accuracy for shifts."""
     if part["kind"] == "count":
         return False

@@ -30,7 +30,7 @@ from ..evaluate.ood import FLAG
 from ..evaluate.selective import pct_tag
 from ..io import write_text
 from ..metric_names import HELD_OUT, column, qualified
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, folds_table
 from ..toml import load_toml
 from . import figures as fg
 from .glance import at_a_glance, limits
@@ -129,16 +129,17 @@ class Report:
     @classmethod
     def load(cls, run_dir, dataset=None, random_split_run=None, throughput_json=None) -> Report:
         run = RunFolder(Path(run_dir))
-        if not run.folds_csv.is_file():
-            raise FileNotFoundError(f"{run.root} has no folds.csv: is it a finished study run?")
+        folds = folds_table(run.root)
+        if not folds.is_file():
+            raise FileNotFoundError(f"{run.root} has no {folds.name}: is it a finished study run?")
         if random_split_run is None:
             sibling = run.root.with_name(run.root.name + RANDOM_SPLIT_SUFFIX)
-            random_split_run = sibling if (sibling / "folds.csv").is_file() else None
+            random_split_run = sibling if folds_table(sibling).is_file() else None
         return cls(run=run, dataset=dataset,
                    random_split_run=Path(random_split_run) if random_split_run else None,
                    throughput_json=Path(throughput_json) if throughput_json else None,
                    config=load_toml(run.config) if run.config.is_file() else {},
-                   folds=_read_csv(run.folds_csv), metrics=_read_csv(run.metrics_csv),
+                   folds=_read_csv(folds), metrics=_read_csv(run.metrics_csv),
                    board=_read_csv(run.leaderboard),
                    comps=_read_csv(run.comparisons), preds=fg.load_predictions(run.root),
                    history=fg.load_histories(run.root))
@@ -446,7 +447,7 @@ def per_class(r: Report) -> list[str]:
 
 def confusion(r: Report) -> list[str]:
     if column("classification", HELD_OUT, "", qualified("cm", cls=(SLUGS[0], SLUGS[0]))) not in r.folds:
-        return na("folds.csv has no confusion counts")
+        return na(f"{folds_table(r.run.root).name} has no confusion counts")
     best = r.best_arm()
     present = set(zip(r.folds["variant"], r.folds["setting"], strict=True))
     arms = [a for a in [best, *r.top_arms()] if a in present]
@@ -489,7 +490,7 @@ def calibration(r: Report) -> list[str]:
 
 def mc_dropout(r: Report) -> list[str]:
     if "mc_available" not in r.folds:
-        return na("folds.csv has no MC-dropout columns")
+        return na(f"{folds_table(r.run.root).name} has no MC-dropout columns")
     if not (r.neural["mc_available"] == 1).any():
         return na("no variant of this run has dropout (MC-dropout needs it)")
     has = r.neural[r.neural["mc_available"] == 1]
@@ -825,7 +826,7 @@ GRADCAM_RANDOM_WARNING = (
 def random_split(r: Report) -> list[str]:
     if r.random_split_run is None:
         return na("no random-split run given (run the study with --split random)")
-    other = _read_csv(r.random_split_run / "folds.csv")
+    other = _read_csv(folds_table(r.random_split_run))
     metrics = [m for m in ("cls_accuracy", "cls_macro_f1", "cls_recall_abnormal_sperm")
                if m in other and m in r.folds]
     shared = sorted(set(zip(other.get("variant", []), other.get("setting", []), strict=True))
@@ -856,7 +857,7 @@ def random_split(r: Report) -> list[str]:
 def _sensitivity_row(root: Path, variant: str, label: str, grouped: bool = True) -> dict | None:
     """One run's specified ``variant`` as a row of the grouping-sensitivity table (the groups
     of a random split's ``splits.csv`` are recorded but not used: shown as —)."""
-    folds, splits = _read_csv(root / "folds.csv"), _read_csv(root / "splits.csv")
+    folds, splits = _read_csv(folds_table(root)), _read_csv(RunFolder(root).splits)
     if folds.empty or "variant" not in folds:
         return None
     rows = folds[(folds["variant"] == variant) & (folds["setting"] == "specified")]
@@ -880,7 +881,7 @@ def grouping_sensitivity(r: Report) -> list[str]:
     if not siblings:
         return na("no grouping-sensitivity runs next to this one (the benchmark makes them "
                   "when groups are inferred: profile [benchmark] sensitivity_groups)")
-    variants = _read_csv(siblings[0] / "folds.csv").get("variant", pd.Series(dtype=str))
+    variants = _read_csv(folds_table(siblings[0])).get("variant", pd.Series(dtype=str))
     if variants.empty:
         return na(f"{siblings[0].name} has no results")
     variant = variants.iloc[0]

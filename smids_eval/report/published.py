@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..run_folder import folds_table
 from ..toml import load_toml, studies_dir
 
 FILE = "published_smids.toml"
@@ -70,7 +71,7 @@ def suite_rows(r) -> list[dict]:
     rows = [_suite_row("this run, best arm", label, best, r.folds)]
     if r.random_split_run is None:
         return rows
-    twin = pd.read_csv(r.random_split_run / "folds.csv")
+    twin = pd.read_csv(folds_table(r.random_split_run))
     for arm in sorted(set(zip(twin["variant"], twin["setting"], strict=True))):
         if arm != best and ((r.folds["variant"] == arm[0]) & (r.folds["setting"] == arm[1])).any():
             rows.append(_suite_row("this run", label, arm, r.folds))

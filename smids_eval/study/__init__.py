@@ -439,7 +439,7 @@ def remove_empty_tree(folder: Path) -> None:
 
 
 def write_tables(run: RunFolder, out: Path) -> pd.DataFrame:
-    """folds.csv and metrics.csv (the same numbers, wide and long), the run's leaderboard, its
+    """folds.csv.gz and metrics.csv.gz (the same numbers, wide and long), the run's leaderboard, its
     compact summary and comparisons, and the cross-run tables in ``out``."""
     folds = run.write_folds_csv()
     if folds.empty:
