@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from .augment import DEFAULT_AUGMENT, AugmentConfig, images_to_tensor
 from .config import Profile
 from .device import resolve_runtime
-from .features import FeatureCache, extract_prefix, fingerprint_images
+from .features import FeatureCache, LazyImages, extract_prefix
 from .models import VGG19Variant, build_vgg19, init_head_, with_state
 from .outputs import ModelOutputs
 from .train import CachedSource, FitResult, Hyper, ImageSource, fit, predict_outputs
@@ -51,6 +50,15 @@ def prefix_depth(variant: Variant) -> int:
     return 5 - variant.unfreeze_blocks
 
 
+def prefix_identity(variant: Variant, profile: Profile, weights_id: str, init_seed: int) -> dict:
+    """What a frozen prefix's first blocks compute besides their input images: channels,
+    weights (the init seed when random) and width. Part of every feature cache key, and the
+    key of the block-moment descriptors (``evaluate.descriptors.DescriptorCache``)."""
+    return {"channels": variant.channels, "weights": weights_id,
+            "init_seed": init_seed if weights_id == "random" else None,
+            "width": profile.model.width}
+
+
 def feature_cache_key(variant: Variant, profile: Profile, *, fingerprint: str, weights_id: str,
                       augment: bool, init_seed: int, augment_seed: int, precision: str,
                       augment_cfg: AugmentConfig = DEFAULT_AUGMENT) -> dict:
@@ -58,9 +66,9 @@ def feature_cache_key(variant: Variant, profile: Profile, *, fingerprint: str, w
     stores under it, and the plan reads it to tell caches on disk from caches to build."""
     return {
         "version": CACHE_VERSION, "fingerprint": fingerprint,
-        "size": profile.data.image_size, "channels": variant.channels,
-        "weights": weights_id, "init_seed": init_seed if weights_id == "random" else None,
-        "width": profile.model.width, "prefix_depth": prefix_depth(variant),
+        "size": profile.data.image_size,
+        **prefix_identity(variant, profile, weights_id, init_seed),
+        "prefix_depth": prefix_depth(variant),
         "views": cache_views(profile, augment), "seed": augment_seed if augment else None,
         "augment": asdict(augment_cfg) if augment else None, "precision": precision,
     }
@@ -108,26 +116,26 @@ class Engine:
                                  init_seed=self.init_seed, augment_seed=self.augment_seed,
                                  precision=self.runtime.precision, augment_cfg=self.augment_cfg)
 
-    def prefix_features(self, images: np.ndarray | Callable[[], np.ndarray],
-                        fingerprint: str | None = None, augment: bool | None = None
-                        ) -> torch.Tensor:
+    @property
+    def prefix_identity(self) -> dict:
+        return prefix_identity(self.variant, self.profile, self.weights_id, self.init_seed)
+
+    def prefix_features(self, images: np.ndarray | LazyImages, augment: bool | None = None,
+                        wait: bool = True) -> torch.Tensor:
         """(N, V, C, h, w) bf16 prefix activations (view 0 = identity), loaded from the cache
         when present; or (N, 1, 3, S, S) uint8 images when the engine is not ``cached``.
-        ``images`` may be a function that makes them, with the ``fingerprint`` that names
-        them: it is called only when the cache lacks them (shifted copies)."""
-        if callable(images) and (fingerprint is None or not self.cached):
-            images = images()
-        if not callable(images):
-            images_t = self._checked(images)
-            if not self.cached:
-                return images_t.unsqueeze(1)
-            fingerprint = fingerprint or fingerprint_images(images)
+        ``LazyImages`` are made only when the cache lacks their activations (shifted copies);
+        ``wait=False``: ``features.CacheBusy`` when another process is computing them."""
+        if not isinstance(images, LazyImages):
+            images = LazyImages.of(images)
+        if not self.cached:
+            return self._checked(images.get()).unsqueeze(1)
         augment = self.variant.augmentation if augment is None else augment
-        return self.cache.get(self.cache_key(fingerprint, augment), lambda: extract_prefix(
-            self.model.prefix, self._checked(images()) if callable(images) else images_t,
-            self.variant.channels, self.n_views(augment), self.augment_seed, self.runtime,
+        return self.cache.get(self.cache_key(images.key, augment), lambda: extract_prefix(
+            self.model.prefix, self._checked(images.get()), self.variant.channels,
+            self.n_views(augment), self.augment_seed, self.runtime,
             batch_size=self.profile.train.batch_size, augment_cfg=self.augment_cfg,
-            progress=self.progress))
+            progress=self.progress), wait=wait)
 
     def _checked(self, images: np.ndarray) -> torch.Tensor:
         """Images as a (N, 3, S, S) uint8 tensor, at the profile's size."""

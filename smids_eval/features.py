@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .augment import DEFAULT_AUGMENT, AugmentConfig, augment, draw_params, to_channels, to_float
@@ -32,6 +33,37 @@ def fingerprint_images(images: np.ndarray | torch.Tensor) -> str:
     h = hashlib.sha256(f"{arr.shape}{arr.dtype}".encode())
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()[:16]
+
+
+@dataclass
+class LazyImages:
+    """Images named by their content ``key``, made by ``make`` only when a cache lacks what is
+    computed from them, and then once (shifted copies: their activations and descriptors are
+    usually on disk already). Dropped with the value, so no set of copies outlives its use."""
+
+    key: str
+    make: Callable[[], np.ndarray]
+    _images: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def named(cls, key: str, images: np.ndarray) -> LazyImages:
+        """Images at hand under a known content key (a data set's fingerprint)."""
+        return cls(key, lambda: images, images)
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> LazyImages:
+        """Images at hand, keyed by their pixels' fingerprint."""
+        return cls.named(fingerprint_images(images), images)
+
+    def get(self) -> np.ndarray:
+        if self._images is None:
+            self._images = self.make()
+        return self._images
+
+
+class CacheBusy(Exception):
+    """Another process is computing this cache entry now (``FeatureCache.get(wait=False)``):
+    do other work and come back for it."""
 
 
 class FeatureCache:
@@ -51,15 +83,22 @@ class FeatureCache:
     def path(self, key: dict) -> Path | None:
         return None if self.directory is None else self.directory / f"{self.stem}-{self.digest(key)}.pt"
 
-    def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: dict, compute: Callable[[], torch.Tensor], wait: bool = True
+            ) -> torch.Tensor:
         """Load the tensor stored under ``key`` or compute and store it (under a file lock:
-        workers sharing the cache compute each entry once, the others wait and load it)."""
+        workers sharing the cache compute each entry once, the others wait and load it).
+        ``wait=False`` raises ``CacheBusy`` instead of waiting for another process's
+        computation, so that workers can build different entries at the same time."""
         path = self.path(key)
         if path is None:
             self.computed += 1
             return compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        try:
+            lock = FileLock(str(path) + ".lock", timeout=-1 if wait else 0).acquire()
+        except Timeout:
+            raise CacheBusy(str(path)) from None
+        with lock:
             return self._get(path, key, compute)
 
     def _get(self, path: Path, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

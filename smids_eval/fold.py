@@ -20,16 +20,10 @@ from .data import class_slug
 from .device import compute_threads
 from .engine import Engine
 from .evaluate import batch_shift_keys, evaluate_fold, fit_batch_test, fit_confidence_artifacts
-from .evaluate.descriptors import (
-    DESCRIPTORS,
-    DESCRIPTORS_VERSION,
-    block_moments,
-    has_block_moments,
-    image_statistics,
-)
+from .evaluate.descriptors import DESCRIPTORS, DescriptorCache
 from .evaluate.ood import DETECTORS
 from .evaluate.rf_head import RandomForestHead
-from .features import FeatureCache, fingerprint_images
+from .features import CacheBusy, LazyImages
 from .io import write_csv
 from .naming import RF_SETTING, rf_name
 from .outputs import ModelOutputs
@@ -126,64 +120,45 @@ class FoldRunner:
         self.timer = timer or StageTimer()
         self.rf_name = rf_name(variant.name)
         p, seed = ctx.profile, ctx.config.seed
-        self.descriptor_cache = FeatureCache(ctx.cache_dir / "descriptors", stem="descriptors")
-        self.last_copy: tuple[str | None, np.ndarray | None] = (None, None)
+        self.descriptor_cache = DescriptorCache(ctx.cache_dir / "descriptors")
         with self.timer.stage("features"):
             self.engine = Engine(variant, p, device=p.device, weights=p.model.weights,
                                  cache_dir=ctx.cache_dir / "features", init_seed=seed,
                                  augment_seed=seed, progress=ctx.config.progress)
             log.info("%s: weights %s on %s", variant.name, self.engine.weights_id,
                      self.engine.runtime.describe())
-            self.features = self.engine.prefix_features(ctx.dataset.images,
-                                                        fingerprint=ctx.dataset.fingerprint)
-            self.far_features = {name: self._features(images)
-                                 for name, images in ctx.far_ood.items()}
-            self.descriptors = self._describe("data", ctx.dataset.images)
+            self.features = self.engine.prefix_features(
+                LazyImages.named(ctx.dataset.fingerprint, ctx.dataset.images))
+            far = {name: LazyImages.of(images) for name, images in ctx.far_ood.items()}
+            self.far_features = {name: self._features(images) for name, images in far.items()}
+            self.descriptors = self._describe("data", LazyImages.of(ctx.dataset.images))
             self.far_descriptors = {name: self._describe(f"far:{name}", images)
-                                    for name, images in ctx.far_ood.items()}
+                                    for name, images in far.items()}
         self.prov = {**ctx.provenance, "run_device": self.engine.runtime.describe(),
                      "run_precision": self.engine.runtime.precision,
                      "run_weights": self.engine.weights_id}
 
-    def _features(self, images: np.ndarray) -> torch.Tensor:
+    def _features(self, images: LazyImages, wait: bool = True) -> torch.Tensor:
         """View-0 prefix activations of extra images (shifted or OOD), via the feature cache."""
-        return self.engine.prefix_features(images, augment=False)[:, 0]
+        return self.engine.prefix_features(images, augment=False, wait=wait)[:, 0]
 
-    def _describe(self, name: str, images, names=DESCRIPTORS,
-                  content_key: str | None = None) -> dict[str, np.ndarray]:
-        """Acquisition descriptors ``names`` of an image set (``evaluate.descriptors``):
-        image statistics per set, block moments per set and input pipeline (channels,
-        weights). Computed once (kept in ``shared`` for this process's variants, and on disk
-        by content for other processes, twins and later runs). ``images`` may be a function
-        that makes them, named by ``content_key``: called only when a descriptor is missing."""
+    def _describe(self, name: str, images: LazyImages, names=DESCRIPTORS,
+                  wait: bool = True) -> dict[str, np.ndarray]:
+        """Acquisition descriptors ``names`` of an image set: image statistics per set, block
+        moments per set and input pipeline (channels, weights). Computed once: kept in
+        ``shared`` for this process's variants, and in the ``DescriptorCache`` on disk for
+        other processes, twins and later runs."""
         res = {}
         for d in names:
             key = ((d, name) if d == "image_stats" else
                    (d, name, self.variant.channels, self.engine.weights_id))
             if key not in self.shared:
-                self.shared[key] = self._descriptor(d, images, content_key)
+                self.shared[key] = self.descriptor_cache.get(
+                    d, images, self.engine.model.prefix, self.variant.channels,
+                    self.engine.prefix_identity, wait=wait)
             if self.shared[key] is not None:
                 res[d] = self.shared[key]
         return res
-
-    def _descriptor(self, name: str, images, content_key: str | None) -> np.ndarray | None:
-        """One descriptor of ``images``, through the on-disk descriptor cache."""
-        prefix = self.engine.model.prefix
-        if name == "block_moments" and not has_block_moments(prefix):
-            return None
-        make = images if callable(images) else (lambda: images)
-        key = {"version": DESCRIPTORS_VERSION, "descriptor": name,
-               "images": content_key or fingerprint_images(make())}
-        if name == "block_moments":   # what the activations depend on (engine.cache_key)
-            engine_key = self.engine.cache_key("", augment=False)
-            key.update({k: engine_key[k] for k in ("channels", "weights", "init_seed", "width")})
-
-        def compute() -> torch.Tensor:
-            if name == "image_stats":
-                return torch.from_numpy(image_statistics(make()))
-            return torch.from_numpy(block_moments(prefix, make(), self.variant.channels))
-
-        return self.descriptor_cache.get(key, compute).numpy()
 
     def _pick(self, descriptors: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
         return {k: v[idx] for k, v in descriptors.items()}
@@ -314,28 +289,35 @@ class FoldRunner:
     def _shifted(self, test_idx: np.ndarray) -> tuple[np.ndarray, dict, dict]:
         """The shift panel's images in the held-out fold ``test_idx``: their indices, their
         shifted copies' activations and acquisition descriptors (through the caches: a set of
-        copies is made only when its activations or descriptors are missing)."""
-        cfg, panel = self.ctx.profile.evaluate, self.ctx.shift_panel
+        copies is made only when its activations or descriptors are missing). Sets that
+        another worker is making are left for a second pass, so workers make different sets
+        at the same time instead of waiting on one."""
+        panel = self.ctx.shift_panel
         pos = panel.positions(test_idx)
-        # milder severities are scored by the in-distribution rule only: its descriptor only
-        worst = f"_s{max(cfg.ood_severities, default=0)}"
-        rule_only = (DETECTORS[cfg.acquisition_detector].descriptor,)
         features, descriptors = {}, {}
-        for name in panel.sets:
-            make, key = partial(self._panel_copy, name), panel.set_key(name)
-            features[name] = self.engine.prefix_features(make, fingerprint=key,
-                                                         augment=False)[:, 0][pos]
-            described = self._describe(f"shift:{name}", make,
-                                       DESCRIPTORS if name.endswith(worst) else rule_only, key)
-            descriptors[name] = self._pick(described, pos)
+        pending, wait = list(panel.sets), False
+        while pending:
+            busy = []
+            for name in pending:
+                try:
+                    features[name], descriptors[name] = self._shift_set(name, pos, wait)
+                except CacheBusy:
+                    busy.append(name)
+            pending, wait = busy, True
         return panel.index[pos], features, descriptors
 
-    def _panel_copy(self, name: str) -> np.ndarray:
-        """One set of the panel's shifted copies (the last one made is kept: its activations
-        and descriptors are made one after the other)."""
-        if self.last_copy[0] != name:
-            self.last_copy = (name, self.ctx.shift_panel.copy(self.ctx.dataset.images, name))
-        return self.last_copy[1]
+    def _shift_set(self, name: str, pos: np.ndarray, wait: bool
+                   ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """One set of the panel's shifted copies, at panel positions ``pos``: activations and
+        descriptors (milder severities are scored by the in-distribution rule only, so only
+        its descriptor). The copies are made at most once, and dropped after."""
+        cfg, panel = self.ctx.profile.evaluate, self.ctx.shift_panel
+        images = LazyImages(panel.set_key(name), partial(panel.copy, self.ctx.dataset.images,
+                                                         name))
+        worst = name.endswith(f"_s{max(cfg.ood_severities, default=0)}")
+        names = DESCRIPTORS if worst else (DETECTORS[cfg.acquisition_detector].descriptor,)
+        features = self._features(images, wait)[pos]
+        return features, self._pick(self._describe(f"shift:{name}", images, names, wait), pos)
 
     def _evaluate(self, fold, setting, train_out, val_out, test_out, shifted_out, far_out) -> dict:
         """Metrics on the held-out fold; OOD sets = far-OOD and foreign-lab sets and the

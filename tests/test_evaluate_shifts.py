@@ -5,12 +5,12 @@ import pytest
 
 from smids_eval.errors import DataError
 from smids_eval.evaluate.far_ood import far_ood_sets, load_folder
+from smids_eval.evaluate.shift_panel import ShiftPanel
 from smids_eval.evaluate.shifts import (
     SEVERITIES,
     SHIFTS,
     apply_shift,
     shift_accuracy_keys,
-    shifted_copies,
 )
 
 
@@ -25,6 +25,13 @@ def images():
 def high_freq_energy(x):
     x = x.astype(float)
     return (np.diff(x, axis=1) ** 2).mean() + (np.diff(x, axis=2) ** 2).mean()
+
+
+def shifted_copies(images, seed):
+    """Every set of a panel that holds all ``images``."""
+    panel = ShiftPanel.draw(len(images), per_fold=len(images), outer_folds=1,
+                            severities=SEVERITIES, seed=seed)
+    return {name: panel.copy(images, name) for name in panel.sets}
 
 
 def test_every_shift_keeps_shape_dtype_and_is_deterministic(images):

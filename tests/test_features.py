@@ -1,12 +1,16 @@
 """Augmentation views and the frozen-feature cache (tiny VGG19, 32 px)."""
 
 import numpy as np
+import pytest
 import torch
+from filelock import FileLock
 from tiny_vgg import easy_images, tiny_profile, variant
 
 from smids_eval.augment import augment, draw_params, images_to_tensor, to_float
 from smids_eval.device import resolve_runtime
 from smids_eval.engine import Engine
+from smids_eval.evaluate.descriptors import DescriptorCache, block_moments, image_statistics
+from smids_eval.features import CacheBusy, LazyImages
 from smids_eval.train import CachedSource
 
 
@@ -78,3 +82,57 @@ def test_cached_logits_match_whole_network(tmp_path):
             exact = model(to_float(images_to_tensor(x))).numpy()
         scale = np.abs(exact).max()
         assert np.abs(cached.logits - exact).max() <= 0.03 * scale + 1e-3
+
+
+def test_lazy_images_are_made_only_on_a_miss_and_a_busy_entry_is_left_for_later(tmp_path):
+    """Shifted copies are made only when their activations are not on disk, and a worker that
+    finds another process computing an entry (its lock held) moves on instead of waiting."""
+    x, _ = easy_images(6)
+    made = []
+
+    def make():
+        made.append(1)
+        return x
+
+    engine = Engine(variant(), tiny_profile(), device="cpu", cache_dir=tmp_path, progress=False)
+    lazy = LazyImages("copies-1", make)
+    key = engine.cache_key(lazy.key, augment=False)
+    with FileLock(str(engine.cache.path(key)) + ".lock"):   # another worker is computing it
+        with pytest.raises(CacheBusy):
+            engine.prefix_features(lazy, augment=False, wait=False)
+    assert made == [] and engine.cache.computed == 0
+    first = engine.prefix_features(lazy, augment=False, wait=False)
+    assert made == [1]
+    again = engine.prefix_features(LazyImages("copies-1", make), augment=False)
+    assert made == [1] and engine.cache.loaded == 1          # loaded, copies not made again
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, engine.prefix_features(x, augment=False), atol=0, rtol=0)
+
+
+def test_descriptors_are_cached_by_content_and_block_moments_by_prefix_identity(tmp_path):
+    """Image statistics depend on the pixels only; block moments also on the prefix's channels
+    and weights, not on how deep the frozen prefix goes (F.0 and F.1 share them)."""
+    x, _ = easy_images(6)
+    cache = DescriptorCache(tmp_path)
+    frozen = Engine(variant(), tiny_profile(), device="cpu", progress=False)
+    deeper = Engine(variant("F.1", unfreeze_blocks=1), tiny_profile(), device="cpu",
+                    progress=False)
+    grey = Engine(variant("A.0", channels="grey"), tiny_profile(), device="cpu", progress=False)
+
+    def moments(engine, images):
+        return cache.get("block_moments", images, engine.model.prefix, engine.variant.channels,
+                         engine.prefix_identity)
+
+    stats = cache.get("image_stats", LazyImages.of(x))
+    np.testing.assert_array_equal(stats, image_statistics(x))
+    m = moments(frozen, LazyImages.of(x))
+    np.testing.assert_allclose(m, block_moments(frozen.model.prefix, x, "rgb"))
+    assert cache.store.computed == 2
+    never = LazyImages(LazyImages.of(x).key, lambda: pytest.fail("made although stored"))
+    np.testing.assert_array_equal(moments(deeper, never), m)    # same first blocks: loaded
+    np.testing.assert_array_equal(cache.get("image_stats", never), stats)
+    assert cache.store.computed == 2
+    assert not np.allclose(moments(grey, LazyImages.of(x)), m)  # other channels: computed
+    assert cache.store.computed == 3
+    with pytest.raises(ValueError, match="unknown descriptor"):
+        cache.get("colour", LazyImages.of(x))

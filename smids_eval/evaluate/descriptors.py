@@ -8,7 +8,8 @@ stains, independent of the classifier's semantic features.
   activations (low-level texture/colour statistics, Lee et al. 2018's multi-layer idea).
 
 ``describe`` returns ``{name: (N, D) float64}``; acquisition detectors in ``ood.py`` read them
-from ``ModelOutputs.descriptors``."""
+from ``ModelOutputs.descriptors``. ``DescriptorCache`` stores them on disk by content, so that
+an image set is described once across folds, repeats, worker processes and runs."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from skimage.color import rgb2hed
 
 from ..augment import images_to_tensor, to_channels, to_float
+from ..features import FeatureCache, LazyImages
 
 IMAGE_STAT_NAMES = (
     *(f"mean_{c}" for c in "rgb"), *(f"std_{c}" for c in "rgb"),
@@ -34,7 +36,7 @@ _LOG_COLUMNS = [i for i, n in enumerate(IMAGE_STAT_NAMES)
                          "illumination_gradient")]
 #: first two VGG19 blocks: Normalize + (conv, relu) x 2 + pool + (conv, relu) x 2
 _BLOCK_ENDS = (4, 9)  # prefix indices (after Normalize) of the last ReLU of blocks 1 and 2
-#: part of the descriptor cache's key (fold.py): raise it when a descriptor's computation changes
+#: part of ``DescriptorCache``'s key: raise it when a descriptor's computation changes
 DESCRIPTORS_VERSION = 1
 
 
@@ -155,3 +157,34 @@ def describe(images: np.ndarray, prefix: torch.nn.Sequential | None = None,
         if moments is not None:
             res["block_moments"] = moments
     return res
+
+
+class DescriptorCache:
+    """One descriptor of an image set, computed once per content and stored under
+    ``directory`` (``None``: computed every time). Image statistics depend on the pixels only;
+    block moments also on the prefix's identity (``engine.prefix_identity``: channels,
+    weights, width), not on its depth."""
+
+    def __init__(self, directory):
+        self.store = FeatureCache(directory, stem="descriptors")
+
+    def get(self, name: str, images: LazyImages, prefix: torch.nn.Sequential | None = None,
+            channels: str = "rgb", identity: dict | None = None, wait: bool = True
+            ) -> np.ndarray | None:
+        """Descriptor ``name`` (one of ``DESCRIPTORS``) of ``images``, or None for block
+        moments without a two-block ``prefix``. ``images`` are made only when it is not
+        stored; ``wait=False``: ``features.CacheBusy`` while another process computes it."""
+        if name not in DESCRIPTORS:
+            raise ValueError(f"unknown descriptor {name!r}; use one of {DESCRIPTORS}")
+        if name == "block_moments" and (prefix is None or not has_block_moments(prefix)):
+            return None
+        key = {"version": DESCRIPTORS_VERSION, "descriptor": name, "images": images.key}
+        if name == "block_moments":
+            key.update(identity or {"channels": channels})
+
+        def compute() -> torch.Tensor:
+            if name == "image_stats":
+                return torch.from_numpy(image_statistics(images.get()))
+            return torch.from_numpy(block_moments(prefix, images.get(), channels))
+
+        return self.store.get(key, compute, wait=wait).numpy()

@@ -164,13 +164,6 @@ def shift_key(name: str, severity: int) -> str:
     return shift_set(name, severity)
 
 
-def shifted_copies(images: np.ndarray, severities=SEVERITIES, seed: int = 0,
-                   names=None) -> dict[str, np.ndarray]:
-    """``{"<shift>_s<k>": shifted images}`` for every shift and severity."""
-    return {shift_key(n, s): apply_shift(images, n, s, seed)
-            for n in (names or SHIFTS) for s in severities}
-
-
 def shift_accuracy_keys(clean_accuracy: float, accuracies: dict[str, float]) -> dict[str, float]:
     """``{"<shift>_s<k>": acc}`` -> ``shift_<shift>_s<k>_accuracy`` and ``..._accuracy_drop``
     (clean minus shifted accuracy; positive = worse under the shift)."""
