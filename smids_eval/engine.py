@@ -101,7 +101,7 @@ class Engine:
             in_channels=variant.in_channels, unfreeze_blocks=variant.unfreeze_blocks,
             dropout_p=m.dropout_p if variant.dropout else None, head_hidden=m.head_hidden,
             width=m.width, size=profile.data.image_size, features_state=loaded.state,
-            init_seed=init_seed)
+            init_seed=init_seed, small_map_conv=t.small_map_conv)
         self.model.to(self.runtime.device, memory_format=self.runtime.memory_format)
         self._initial_suffix = copy.deepcopy(self.model.suffix.state_dict())
         self.cached = uses_feature_cache(variant, profile)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import CLASSES
@@ -132,14 +133,43 @@ class VGG19Variant(nn.Module):
         return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
 
 
-def vgg19_features(width: float = 1.0, in_channels: int = 3) -> list[nn.Module]:
-    """torchvision's ``make_layers(cfgs['E'])`` with scaled channels (same layer indices)."""
+class SmallMapConv2d(nn.Conv2d):
+    """A 3×3 'same' convolution that, on CPU feature maps of at most ``SMALL_MAP`` pixels
+    (block 5 at 64 px is 4×4), runs as one matrix product over the nine shifted copies of its
+    channels-last input (im2col). oneDNN's convolution is slow on maps that small: a training
+    step of F.1's block 5 and head at 4×4 under bf16 runs 2.2× faster this way on one core
+    (``benchmark/test_throughput.py::test_f1_block5_step``). Same parameters and state as
+    ``nn.Conv2d``; the result differs by rounding only. Larger maps (no faster at 8×8, slower
+    at 14×14), and other devices, use the convolution."""
+
+    SMALL_MAP = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if x.device.type != "cpu" or h * w > self.SMALL_MAP:
+            return super().forward(x)
+        dtype = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                 else x.dtype)
+        padded = F.pad(x.to(dtype).permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+        columns = torch.cat([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
+                            dim=-1).reshape(n * h * w, -1)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1).to(dtype)
+        y = torch.addmm(self.bias.to(dtype), columns, weight.t())
+        return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
+
+
+def vgg19_features(width: float = 1.0, in_channels: int = 3, trainable_from: int = 5
+                   ) -> list[nn.Module]:
+    """torchvision's ``make_layers(cfgs['E'])`` with scaled channels (same layer indices).
+    Blocks from index ``trainable_from`` on (the trainable ones) use ``SmallMapConv2d``; the
+    frozen prefix keeps ``nn.Conv2d``, so cached activations do not depend on it."""
     layers: list[nn.Module] = []
     c_in = in_channels
-    for block in VGG19_BLOCKS:
+    for b, block in enumerate(VGG19_BLOCKS):
+        conv = SmallMapConv2d if b >= trainable_from else nn.Conv2d
         for c in block:
             c_out = scaled(c, width)
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers += [conv(c_in, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             c_in = c_out
         layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
     return layers
@@ -172,15 +202,17 @@ def load_features_(layers: list[nn.Module], state: dict[str, torch.Tensor], in_c
 def build_vgg19(in_channels: int = 3, unfreeze_blocks: int = 0, dropout_p: float | None = None,
                 head_hidden: int = 256, width: float = 1.0, size: int = 224,
                 features_state: dict[str, torch.Tensor] | None = None, init_seed: int = 0,
-                n_classes: int = len(CLASSES)) -> VGG19Variant:
+                n_classes: int = len(CLASSES), small_map_conv: bool = True) -> VGG19Variant:
     """Build the split model. ``features_state`` = torchvision-layout conv weights (RGB), or None
-    for random (seeded) init. Prefix parameters are frozen (``requires_grad=False``)."""
+    for random (seeded) init. Prefix parameters are frozen (``requires_grad=False``); the
+    trainable blocks use ``SmallMapConv2d`` unless ``small_map_conv`` is false."""
     if not 0 <= unfreeze_blocks <= 5:
         raise ValueError(f"unfreeze_blocks must be 0..5, got {unfreeze_blocks}")
     if size % 32:
         raise ValueError(f"image size must be a multiple of 32 (5 max-pools), got {size}")
     generator = torch.Generator().manual_seed(init_seed)
-    layers = vgg19_features(width, in_channels)
+    layers = vgg19_features(width, in_channels,
+                            trainable_from=5 - unfreeze_blocks if small_map_conv else 5)
     if features_state is None:
         init_random_(layers, generator)
     else:

@@ -53,6 +53,7 @@ def _probe_depth(profile: Profile, depth: int, runtime: Runtime) -> Rates:
     oneDNN / cuDNN build kernels per shape on first use, which a run pays once, not per batch."""
     m, size, batch = profile.model, profile.data.image_size, profile.train.batch_size
     model = build_vgg19(3, unfreeze_blocks=5 - depth, dropout_p=m.dropout_p,
+                        small_map_conv=profile.train.small_map_conv,
                         head_hidden=m.head_hidden, width=m.width, size=size)
     model.to(runtime.device, memory_format=runtime.memory_format)
     n = max(2, min(batch, MAX_IMAGES))

@@ -1,5 +1,6 @@
 """Model construction, the prefix/suffix split and weight loading (tiny VGG19, width 1/16)."""
 
+import copy
 import logging
 
 import pytest
@@ -8,7 +9,7 @@ from tiny_vgg import SIZE, WIDTH
 from torch import nn
 
 from smids_eval.errors import ConfigError
-from smids_eval.models import GREY_MEAN, build_vgg19, vgg19_features
+from smids_eval.models import GREY_MEAN, SmallMapConv2d, build_vgg19, vgg19_features
 from smids_eval.weights import expected_shapes, load_weights_file, resolve_weights
 
 
@@ -107,3 +108,36 @@ def test_auto_without_cached_imagenet_is_random(tmp_path, monkeypatch, caplog):
     assert w.weights_id == "random" and not w.pretrained
     assert "NOT pretrained" in caplog.text
     assert expected_shapes(1.0)["features.34.weight"] == (512, 512, 3, 3)
+
+
+@pytest.mark.parametrize("side", [1, 2, 4, 8])
+def test_small_map_convolution_equals_the_convolution(side):
+    """The trainable blocks' matrix-product convolution gives the convolution's outputs and
+    gradients (fp32; maps over SMALL_MAP pixels take the convolution itself)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    fast = SmallMapConv2d(6, 5, 3, padding=1)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(3, 6, side, side).contiguous(memory_format=torch.channels_last)
+    ref, out = conv(x), fast(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    (ref ** 2).sum().backward()
+    (out ** 2).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_only_the_trainable_blocks_use_the_small_map_convolution():
+    model = build_vgg19(3, unfreeze_blocks=1, width=0.0625, size=64)
+    assert not any(isinstance(m, SmallMapConv2d) for m in model.prefix)
+    convs = [m for m in model.suffix.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and all(isinstance(m, SmallMapConv2d) for m in convs)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = copy.deepcopy(model)
+        for i, m in enumerate(reference.suffix.blocks):
+            if isinstance(m, SmallMapConv2d):
+                plain = torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1)
+                plain.load_state_dict(m.state_dict())
+                reference.suffix.blocks[i] = plain
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-4)

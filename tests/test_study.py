@@ -373,11 +373,23 @@ REDEFINED = re.compile(r"sel_val_thr_.*|cp_.*|ood_.*_aupr_(in|out)|mc_(nll|ece)(
                        rf"|shift_.*|ood_({'|'.join(SHIFTS)})_s\d_.*")
 
 
-def test_folds_equal_the_pre_refactor_golden_run(finished_run):
+@pytest.fixture(scope="module")
+def golden_run(tmp_path_factory, cache_dir):
+    """``finished_run``'s study with F.1's block 5 on oneDNN's convolution, as when the golden
+    run was made (``SmallMapConv2d``, issue 13, changes its rounding and so F.1's numbers)."""
+    config = StudyConfig(variants=("F.1", "A.0"), profile=TINY,
+                         overrides={"train": {"small_map_conv": False}},
+                         out=str(tmp_path_factory.mktemp("golden")), cache_dir=str(cache_dir),
+                         progress=False, seed=3)
+    return run_study(config).run.root
+
+
+def test_folds_equal_the_pre_refactor_golden_run(golden_run, finished_run):
     """The tiny study (F.1 + A.0, seed 3) written by the code before the study API refactor:
     every number of every neural row must be unchanged, except what issue 9 renamed
-    (``RENAMED``) or redefined on purpose (``REDEFINED``)."""
-    _, run, _ = finished_run
+    (``RENAMED``) or redefined on purpose (``REDEFINED``). With F.1's small-map convolution,
+    A.0's rows are still the same and F.1's differ (the switch does act)."""
+    run = golden_run
     golden, fresh = pd.read_csv(GOLDEN), pd.read_csv(RunFolder(run).folds_csv)
     assert list(fresh[["variant", "setting", "fold"]].itertuples(index=False)) == \
         list(golden[["variant", "setting", "fold"]].itertuples(index=False))
@@ -392,6 +404,13 @@ def test_folds_equal_the_pre_refactor_golden_run(finished_run):
                                    err_msg=col)
     for col in ["hp_optimizer", "variant", "setting", "run_weights", "run_grouping"]:
         assert fresh[col].fillna("").astype(str).equals(golden[col].fillna("").astype(str)), col
+    fast = pd.read_csv(RunFolder(finished_run[1]).folds_csv)
+    a0, f1 = (golden["variant"] == "A.0").to_numpy(), (golden["variant"] == "F.1").to_numpy()
+    scores = [RENAMED.get(c, c) for c in numeric if c.startswith("cls_")]
+    np.testing.assert_allclose(fast.loc[a0, scores].to_numpy(float),
+                               fresh.loc[a0, scores].to_numpy(float), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(fast.loc[f1, scores].to_numpy(float), fresh.loc[f1, scores].to_numpy(float),
+                           rtol=1e-9, atol=1e-12, equal_nan=True)
 
 
 def test_config_is_validated_before_any_work(tmp_path):
