@@ -155,7 +155,10 @@ class SmallMapConv2d(nn.Conv2d):
                             dim=-1).reshape(n * h * w, -1)
         weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1).to(dtype)
         y = torch.addmm(self.bias.to(dtype), columns, weight.t())
-        return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
+        # a copy, not a view: the in-place ReLU that follows would otherwise rebase the view
+        # and drop hooks on this output (Grad-CAM's gradient hook); it is 1 MB a batch
+        return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2).clone(
+            memory_format=torch.channels_last)
 
 
 def vgg19_features(width: float = 1.0, in_channels: int = 3, trainable_from: int = 5
