@@ -136,13 +136,7 @@ SMALL_MAP_SPEEDUP_TARGET = 1.5
 
 def _block5(path: str) -> torch.nn.Module:
     """F.1's trainable block 5 (full width) with the convolution it trains with, or oneDNN's."""
-    suffix = build_vgg19(3, unfreeze_blocks=1, size=64).suffix
-    if path == "convolution":
-        for i, m in enumerate(suffix.blocks):
-            if isinstance(m, torch.nn.Conv2d):
-                plain = torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1)
-                plain.load_state_dict(m.state_dict())
-                suffix.blocks[i] = plain
+    suffix = build_vgg19(3, unfreeze_blocks=1, size=64, small_map_conv=path == "small_map").suffix
     return suffix.to(DEVICE, memory_format=torch.channels_last)
 
 
