@@ -154,8 +154,8 @@ class FoldRunner:
                    (d, name, self.variant.channels, self.engine.weights_id))
             if key not in self.shared:
                 self.shared[key] = self.descriptor_cache.get(
-                    d, images, self.engine.model.prefix, self.variant.channels,
-                    self.engine.prefix_identity, wait=wait)
+                    d, images, self.engine.model.prefix, self.engine.prefix_identity,
+                    wait=wait)
             if self.shared[key] is not None:
                 res[d] = self.shared[key]
         return res
@@ -304,7 +304,10 @@ class FoldRunner:
                 except CacheBusy:
                     busy.append(name)
             pending, wait = busy, True
-        return panel.index[pos], features, descriptors
+        # in the panel's order, not the order the sets were made in: a table's columns must
+        # not depend on which sets another worker happened to be making
+        return (panel.index[pos], {n: features[n] for n in panel.sets},
+                {n: descriptors[n] for n in panel.sets})
 
     def _shift_set(self, name: str, pos: np.ndarray, wait: bool
                    ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:

@@ -120,8 +120,7 @@ def test_descriptors_are_cached_by_content_and_block_moments_by_prefix_identity(
     grey = Engine(variant("A.0", channels="grey"), tiny_profile(), device="cpu", progress=False)
 
     def moments(engine, images):
-        return cache.get("block_moments", images, engine.model.prefix, engine.variant.channels,
-                         engine.prefix_identity)
+        return cache.get("block_moments", images, engine.model.prefix, engine.prefix_identity)
 
     stats = cache.get("image_stats", LazyImages.of(x))
     np.testing.assert_array_equal(stats, image_statistics(x))
@@ -136,3 +135,5 @@ def test_descriptors_are_cached_by_content_and_block_moments_by_prefix_identity(
     assert cache.store.computed == 3
     with pytest.raises(ValueError, match="unknown descriptor"):
         cache.get("colour", LazyImages.of(x))
+    with pytest.raises(ValueError, match="prefix's identity"):   # no key without what computes it
+        cache.get("block_moments", LazyImages.of(x), frozen.model.prefix)

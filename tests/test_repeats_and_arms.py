@@ -12,6 +12,7 @@ from tiny_vgg import easy_images, tiny_profile, variant
 from smids_eval import Predictor, StudyConfig, run_study
 from smids_eval.arms import ArmTable
 from smids_eval.engine import Engine
+from smids_eval.features import CacheBusy, FeatureCache
 from smids_eval.splits import make_repeated_splits
 from smids_eval.variants import select_variants
 
@@ -263,3 +264,26 @@ def test_repeats_reuse_the_shifted_copies_activations_and_descriptors(tmp_path):
     assert not numeric_equal(first, one.folds.reset_index(drop=True))   # loaded = computed
     shifted = [c for c in two.folds if c.startswith("shift_") and c.endswith("_accuracy")]
     assert shifted and two.folds[shifted].notna().all().all()
+
+
+def test_a_set_another_worker_is_making_does_not_move_the_tables_columns(tmp_path, monkeypatch):
+    """A worker that finds a shifted set busy (another worker making it) makes it in a second
+    pass; the run's columns still come in the panel's order, so one seed gives one table."""
+    base = dict(variants=("A.0",), profile=TINY, settings=("specified",), rf=False,
+                progress=False, seed=5, jobs=1)
+    plain = run_study(StudyConfig(**base, cache_dir=str(tmp_path / "c1"),
+                                  out=str(tmp_path / "plain")))
+    deferred, real_get = [], FeatureCache.get
+
+    def first_set_busy_once(self, key, compute, wait=True):
+        if not wait and not deferred:          # the panel's first set, first pass
+            deferred.append(key)
+            raise CacheBusy(str(key))
+        return real_get(self, key, compute, wait)
+
+    monkeypatch.setattr(FeatureCache, "get", first_set_busy_once)
+    busy = run_study(StudyConfig(**base, cache_dir=str(tmp_path / "c2"),
+                                 out=str(tmp_path / "busy")))
+    assert deferred                                             # a set was left for later
+    assert list(busy.folds.columns) == list(plain.folds.columns)
+    assert not numeric_equal(busy.folds, plain.folds)

@@ -169,22 +169,26 @@ class DescriptorCache:
         self.store = FeatureCache(directory, stem="descriptors")
 
     def get(self, name: str, images: LazyImages, prefix: torch.nn.Sequential | None = None,
-            channels: str = "rgb", identity: dict | None = None, wait: bool = True
-            ) -> np.ndarray | None:
+            identity: dict | None = None, wait: bool = True) -> np.ndarray | None:
         """Descriptor ``name`` (one of ``DESCRIPTORS``) of ``images``, or None for block
-        moments without a two-block ``prefix``. ``images`` are made only when it is not
-        stored; ``wait=False``: ``features.CacheBusy`` while another process computes it."""
+        moments without a two-block ``prefix``. Block moments need the prefix's ``identity``
+        (``engine.prefix_identity``): it is their key, so moments of other weights are never
+        reused. ``images`` are made only when it is not stored; ``wait=False``:
+        ``features.CacheBusy`` while another process computes it."""
         if name not in DESCRIPTORS:
             raise ValueError(f"unknown descriptor {name!r}; use one of {DESCRIPTORS}")
         if name == "block_moments" and (prefix is None or not has_block_moments(prefix)):
             return None
         key = {"version": DESCRIPTORS_VERSION, "descriptor": name, "images": images.key}
         if name == "block_moments":
-            key.update(identity or {"channels": channels})
+            if identity is None:
+                raise ValueError("block moments need the prefix's identity "
+                                 "(engine.prefix_identity): pass identity=")
+            key.update(identity)
 
         def compute() -> torch.Tensor:
             if name == "image_stats":
                 return torch.from_numpy(image_statistics(images.get()))
-            return torch.from_numpy(block_moments(prefix, images.get(), channels))
+            return torch.from_numpy(block_moments(prefix, images.get(), identity["channels"]))
 
         return self.store.get(key, compute, wait=wait).numpy()
