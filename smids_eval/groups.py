@@ -316,6 +316,14 @@ def infer_groups(images: np.ndarray, n_groups: int = 17, seed: int = 0,
     return grouper.fit(images).labels_
 
 
+def groups_digest(groups) -> str:
+    """Eight hex digits of the image-to-group assignment: part of every Optuna study name and
+    of a run folder's identity, so neither is reused under other groups."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, np.asarray(groups))).encode()).hexdigest()[:8]
+
+
 def resolve_groups(dataset, groups_file: str | os.PathLike | None = None, *, n_groups: int = 17,
                    seed: int = 0, units: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Donor group of every image of ``dataset`` and the grouping source recorded in results:

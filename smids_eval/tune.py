@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from .config import SearchSpace, TuneConfig
 from .errors import ConfigError, TrainingDiverged
+from .groups import groups_digest
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -76,13 +77,8 @@ def study_name(variant: str, fold: int, profile: str, fingerprint: str, grouped:
     """Optuna study of one variant's tuning in one outer fold. Everything that changes the
     fold's training part is in the name (data, grouping, split, seed, repeat), so workers that
     share a storage never reuse trials tuned on another split."""
-    import hashlib
-
-    import numpy as np
-
     split = "" if grouped else "-random-split"
-    hashed = "" if groups is None else "-g" + hashlib.sha256(
-        "\n".join(map(str, np.asarray(groups))).encode()).hexdigest()[:8]
+    hashed = "" if groups is None else "-g" + groups_digest(groups)
     return (f"smids-{variant}-r{repeat}-fold{fold}-{profile}-{fingerprint}{hashed}-seed{seed}"
             f"{split}")
 

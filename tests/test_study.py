@@ -448,6 +448,25 @@ def test_data_source_is_recorded_structurally_and_not_part_of_identity(finished_
         run_study(config.replace(out=str(moved)))
 
 
+def test_resume_under_other_groups_is_refused_before_any_work(finished_run, tmp_path):
+    """The same run folder with the images grouped otherwise (an edited --groups-file, another
+    --n-groups) is another experiment: resuming into it is refused, naming the groups."""
+    import tomllib
+
+    out, run, config = finished_run
+    root = Path(tomllib.loads((run / "config.toml").read_text())["data"]["root"])
+    manifest = pd.read_csv(root / "donors.csv")
+    moved = manifest.assign(donor=np.roll(manifest["donor"].to_numpy(), 7))
+    edited = tmp_path / "donors.csv"
+    moved.to_csv(edited, index=False)
+    before = sorted(p.name for p in (run / "folds").rglob("*"))
+    with pytest.raises(Exception, match=r"differs in: groups\).*grouped differently"):
+        run_study(config.replace(groups_file=str(edited)))
+    assert sorted(p.name for p in (run / "folds").rglob("*")) == before
+    resumed = run_study(config.replace(groups_file=str(root / "donors.csv")))  # same groups
+    assert len(resumed.folds) == 12
+
+
 def test_cli_study_writes_the_report_and_prints_its_block(finished_run, cache_dir, capsys,
                                                           caplog):
     """The study's last step: report.md and the 'At a glance' block on stdout; --no-report

@@ -35,7 +35,7 @@ from ..device import cpu_jobs, measure_bf16_peak, resolve_device
 from ..errors import ConfigError
 from ..evaluate.shift_panel import ShiftPanel
 from ..fold import FoldRunner, SurplusHelper
-from ..groups import resolve_groups
+from ..groups import groups_digest, resolve_groups
 from ..io import ensure_output_dir, write_csv
 from ..naming import RF_SETTING, rf_name
 from ..plan import StudyPlan, plan_study
@@ -203,7 +203,7 @@ def prepare(config: StudyConfig, write: bool = True) -> StudyContext:
                                  profile.cv.inner_folds, config.seed, profile.cv.repeats,
                                  grouped=config.grouped, units=units)
     run = RunFolder(Path(config.out) / run_name(config, profile, dataset))
-    _check_config(run, run_config(config, profile, dataset, grouping, run))
+    _check_config(run, run_config(config, profile, dataset, grouping, run, groups))
     provenance = {
         "run": run.root.name, "run_commit": git_commit(), "run_profile": profile.name,
         "run_grouping": grouping, "run_split": config.split,
@@ -222,18 +222,22 @@ def open_run(ctx: StudyContext) -> None:
     """The run folder's first files, for a real run only: the Optuna storage (checked before
     anything is written), ``config.toml``, ``splits.csv`` and the copies and re-crops found."""
     ctx.storage = open_storage(ctx.config.storage, ctx.run.root)
-    ctx.run.write_config(run_config(ctx.config, ctx.profile, ctx.dataset, ctx.grouping, ctx.run))
+    ctx.run.write_config(run_config(ctx.config, ctx.profile, ctx.dataset, ctx.grouping, ctx.run,
+                                    ctx.groups))
     write_csv(ctx.run.splits, splits_frame(ctx.plans, ctx.dataset.paths))
     if ctx.same_cell is not None:
         write_csv(ctx.run.same_cell_csv, ctx.same_cell)
 
 
 def run_config(config: StudyConfig, profile: Profile, dataset: Dataset, grouping: str,
-               run: RunFolder) -> dict:
-    """What ``config.toml`` records: the resolved settings, and the data source structurally."""
+               run: RunFolder, groups) -> dict:
+    """What ``config.toml`` records: the resolved settings, the data source structurally, and
+    the digest of the groups (a resume under other groups, e.g. another ``--n-groups`` or an
+    edited ``--groups-file``, is refused)."""
     source = dataset.source
     return {
         "run": run.root.name, "seed": config.seed, "split": config.split, "grouping": grouping,
+        "groups": groups_digest(groups),
         "drop_conflicts": config.drop_conflicts,
         "data": {"kind": "synthetic" if source.origin == "synthetic" else "folder",
                  "origin": source.origin, "root": str(Path(source.root).resolve()),
@@ -254,8 +258,11 @@ def _check_config(run: RunFolder, config: dict) -> None:
     old, fresh = _identity(run.read_config()), _identity(loads(dumps(config)))
     if old != fresh:
         diff = sorted(k for k in set(old) | set(fresh) if old.get(k) != fresh.get(k))
+        why = (" — its images were grouped differently (another --n-groups or --groups-file)"
+               if "groups" in diff else "")
         raise ConfigError(f"run folder {run.root} was made with other settings (differs in: "
-                          f"{', '.join(diff)}); pass another --run-name or --out, or delete it")
+                          f"{', '.join(diff)}){why}; pass another --run-name or --out, or "
+                          f"delete it")
 
 
 def same_cell_units(dataset, cache_dir: Path | None = None):
