@@ -411,3 +411,20 @@ def test_no_report_module_parses_metric_names_with_regular_expressions():
         calls |= {(path.stem, "<module>") for c in re_calls(tree) if id(c) not in inside}
     assert modules >= 6
     assert calls == {("glance", "anchor")}
+
+
+def test_grouping_optimism_is_shown_repeat_by_repeat():
+    """The optimism per repeat (random − grouped means of the same repeat), with how many are
+    positive; one repeat, or folds without a repeat column, show a dash."""
+    from smids_eval.report.markdown import _per_repeat_gap
+
+    grouped = pd.DataFrame({"variant": "F.0", "setting": "specified", "repeat": [0, 0, 1, 1, 2],
+                            "cls_macro_f1": [0.70, 0.72, 0.60, 0.62, 0.80]})
+    random = grouped.assign(cls_macro_f1=grouped["cls_macro_f1"] + [0.01, 0.01, 0.03, 0.01, -0.02])
+    assert (_per_repeat_gap(grouped, random, "F.0", "specified", "cls_macro_f1")
+            == "+0.010, +0.020, -0.020 (2 of 3 positive)")
+    one = grouped[grouped["repeat"] == 0]
+    assert _per_repeat_gap(one, random[random["repeat"] == 0], "F.0", "specified",
+                           "cls_macro_f1") == "—"
+    assert _per_repeat_gap(grouped.drop(columns="repeat"), random, "F.0", "specified",
+                           "cls_macro_f1") == "—"
