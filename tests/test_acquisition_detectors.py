@@ -140,3 +140,31 @@ def test_fast_leave_one_group_out_scores_match_refitting_each_group():
     fast = _leave_one_group_out_scores(x, g)
     assert np.corrcoef(fast, refit)[0, 1] > 0.999
     assert np.quantile(fast, 0.05) == pytest.approx(np.quantile(refit, 0.05), rel=0.02)
+
+
+def test_an_acquisition_fit_is_made_once_per_content(monkeypatch):
+    """Every arm of a fold fits the same acquisition detector on the same images: the second
+    fit on equal content reuses the first (same threshold, no new leave-one-group-out pass);
+    other groups, another keep, or another train/val division are fitted anew."""
+    from smids_eval.evaluate import ood
+
+    passes = []
+    real = ood._leave_one_group_out_scores
+    monkeypatch.setattr(ood, "_leave_one_group_out_scores",
+                        lambda *a, **k: passes.append(1) or real(*a, **k))
+    rng = np.random.default_rng(6)
+    x, g = _grouped_descriptors(rng, 8, 30)
+    train, val = _desc_outputs(x[:180], g[:180]), _desc_outputs(x[180:], g[180:])
+    first = DETECTORS["image_stats"]().fit(train, val)
+    again = DETECTORS["image_stats"]().fit(_desc_outputs(x[:180].copy(), g[:180].copy()),
+                                            _desc_outputs(x[180:].copy(), g[180:].copy()))
+    assert len(passes) == 1 and again.threshold_ == first.threshold_
+    np.testing.assert_array_equal(again.score(val), first.score(val))
+    regrouped = np.roll(g, 5)
+    DETECTORS["image_stats"]().fit(_desc_outputs(x[:180], regrouped[:180]),
+                                   _desc_outputs(x[180:], regrouped[180:]))
+    DETECTORS["image_stats"](keep=0.99).fit(train, val)
+    assert len(passes) == 3
+    fewer = DETECTORS["image_stats"]().fit(_desc_outputs(x[:150], g[:150]),
+                                           _desc_outputs(x[150:], g[150:]))
+    assert len(passes) == 4 and fewer.threshold_ is not None

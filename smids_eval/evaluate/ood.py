@@ -15,6 +15,10 @@ semantic detector keep the image."""
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from typing import ClassVar
+
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
@@ -160,15 +164,30 @@ class DescriptorDistance(Detector):
             raise ValueError(f"{type(self).__name__} needs the {self.descriptor!r} descriptor")
         return np.asarray(outputs.descriptors[self.descriptor], dtype=np.float64)
 
+    #: fitted (mean, scale, precision, threshold) by content: every arm of a fold fits the
+    #: same acquisition detector on the same images (it never reads the model), so a process
+    #: fits it once per fold and image set instead of once per arm
+    _fitted: ClassVar[OrderedDict] = OrderedDict()
+    FITTED_KEPT = 16
+
     def fit(self, train, val):
         if train is None:
             raise ValueError(f"{type(self).__name__} needs training outputs")
         x, groups = self._reference(train, val)
+        key = _content_key(type(self).__name__, self.keep, len(self._values(train)), x, groups)
+        if key in self._fitted:
+            self.mean_, self.scale_, self.precision_, self.threshold_ = self._fitted[key]
+            return self
         if groups is None:
-            return super().fit(train, val)
-        self.mean_, self.scale_, self.precision_, shrinkage = _gaussian(x, with_shrinkage=True)
-        null = _leave_one_group_out_scores(x, groups, shrinkage)
-        self.threshold_ = float(np.quantile(null, 1.0 - self.keep, method="lower"))
+            super().fit(train, val)
+        else:
+            self.mean_, self.scale_, self.precision_, shrinkage = _gaussian(
+                x, with_shrinkage=True)
+            null = _leave_one_group_out_scores(x, groups, shrinkage)
+            self.threshold_ = float(np.quantile(null, 1.0 - self.keep, method="lower"))
+        self._fitted[key] = (self.mean_, self.scale_, self.precision_, self.threshold_)
+        while len(self._fitted) > self.FITTED_KEPT:
+            self._fitted.popitem(last=False)
         return self
 
     def _reference(self, train, val) -> tuple[np.ndarray, np.ndarray | None]:
@@ -185,6 +204,20 @@ class DescriptorDistance(Detector):
 
     def score(self, outputs):
         return _neg_distance((self.mean_, self.scale_, self.precision_), self._values(outputs))
+
+
+def _content_key(*parts) -> str:
+    """A digest of arrays and scalars (what a fit saw), for ``DescriptorDistance``'s memo."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.dtype}{part.shape}".encode())
+            h.update(np.ascontiguousarray(part).tobytes() if part.dtype != object
+                     else "\n".join(map(str, part)).encode())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def _gaussian(x: np.ndarray, with_shrinkage: bool = False) -> tuple:
@@ -229,9 +262,11 @@ def _leave_one_group_out_scores(x: np.ndarray, groups: np.ndarray,
 
 
 def _neg_distance(gaussian, x: np.ndarray) -> np.ndarray:
+    """Negative squared Mahalanobis distance of each row of ``x``, through one matrix product
+    (a three-operand ``einsum`` does not use BLAS: 39× slower on 600 × 384 block moments)."""
     mean, scale, precision = gaussian
     z = np.clip((x - mean) / scale, -1e6, 1e6)
-    return -np.einsum("nd,de,ne->n", z, precision, z)
+    return -np.sum((z @ precision) * z, axis=1)
 
 
 class ImageStats(DescriptorDistance):
