@@ -15,15 +15,17 @@ through the frozen prefix, ``train_s`` per training image of one suffix epoch):
   images × ``train_s`` (plus ``prefix_s`` for variants trained without the cache);
 * evaluation of each final fit: one forward pass (a third of ``train_s``) over the outer
   training part, the held-out fold, the shifted copies of its panel images and the far-OOD
-  images;
+  images, plus the metrics of every result (``EvalRates.arm_s``: the probe times them on
+  random outputs of the run's first fold's sizes) and each random-forest head's forests
+  (grid × inner folds + the refit, at ``EvalRates.forest_s`` per tree × image × log2 images);
 * the fold work (training and evaluation) is shared by the run's worker processes
   (``--jobs``), each at the profile's ``cpu_threads``, which is where the probe times
   ``train_s``.
 
 Early stopping is modelled by measured fractions: final fits of the committed quick runs
 (real copy and synthetic) ran on average ``EARLY_STOP_FRACTION`` of their epochs, heads and
-unfrozen blocks apart. ``eta_s`` uses them; ``eta_max_s`` counts every epoch. Pruned trials, the
-random-forest head, the metrics and file writes are not modelled. Training feature caches
+unfrozen blocks apart. ``eta_s`` uses them; ``eta_max_s`` counts every epoch. Pruned trials
+are counted in full, and file writes are not modelled. Training feature caches
 and shift-panel copies already on disk are not counted; far-OOD images are (their key hashes
 the images).
 """
@@ -33,11 +35,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from .device import resolve_runtime
 from .engine import cache_views, feature_cache_key, prefix_depth, uses_feature_cache
 from .features import FeatureCache
 from .naming import is_rf
-from .probe import Rates, measure_rates
+from .probe import EvalRates, EvalSizes, Rates, measure_evaluation, measure_rates
 from .tune import trial_budget
 
 #: mean epochs run / epochs allowed by the final fits of the committed quick runs at e76ac88
@@ -102,6 +106,7 @@ class StudyPlan:
     rates: dict                 # {prefix depth: Rates} measured by the probe
     workers: int = 1            # processes sharing the fold work (--jobs)
     eta_max_s: float | None = None   # as eta_s with every epoch run (no early stopping)
+    evaluation: EvalRates | None = None   # metrics per result and forest fits, measured
 
     @property
     def results_total(self) -> int:
@@ -149,12 +154,16 @@ class StudyPlan:
         for depth, r in sorted(self.rates.items()):
             lines.append(f"  probe, prefix depth {depth}: {r.prefix_s * 1e3:.2f} ms/image "
                          f"features, {r.train_s * 1e3:.2f} ms/image per training epoch")
+        if self.evaluation is not None:
+            lines.append(f"  probe, evaluation: {self.evaluation.arm_s:.2f} s of metrics per "
+                         f"result; random-forest fits at {self.evaluation.forest_s * 1e9:.0f} "
+                         f"ns per tree × image × log2(images)")
         lines.append(f"  ETA: features, then the fold work shared by {self.workers} worker "
                      f"process{'es' if self.workers > 1 else ''}; fits stop early at "
                      f"{EARLY_STOP_FRACTION['head']:.0%} (heads) and "
                      f"{EARLY_STOP_FRACTION['unfrozen']:.0%} (unfrozen blocks) of their epochs "
-                     f"on average (the upper bound runs every epoch); pruning, the RF head and "
-                     f"metrics are not included")
+                     f"on average (the upper bound runs every epoch); pruned trials are "
+                     f"counted in full")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -175,11 +184,12 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -> StudyPlan:
+def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None,
+               evaluation: EvalRates | None = None) -> StudyPlan:
     """Count the work of ``ctx`` (a ``StudyContext``) still to do; with ``probe``, measure
     this host for a few seconds and estimate how long it takes (no probe when nothing is left;
-    ``rates`` measured for another plan on this host are reused). Reads the run folder, writes
-    nothing."""
+    ``rates`` and ``evaluation`` measured for another plan on this host are reused). Reads the
+    run folder, writes nothing."""
     config, p = ctx.config, ctx.profile
     folds, units = ctx.folds(), ctx.units()
     n_far = sum(len(x) for x in ctx.far_ood.values())
@@ -199,6 +209,16 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
     missing = {prefix_depth(v) for v in active} - set(rates)
     if probe and missing:
         rates.update(measure_rates(p, missing))
+    if probe and active and evaluation is None:
+        r0, f0 = next(u for u in units if any(todo[v.name][u] for v in active))
+        inner_train, inner_val = ctx.plans[r0].inner(f0, 0)
+        held_out = len(panel.positions(ctx.plans[r0].outer(f0)[1]))
+        evaluation = measure_evaluation(p, EvalSizes(
+            train=len(inner_train), val=len(inner_val), test=len(ctx.plans[r0].outer(f0)[1]),
+            shifted={name: held_out for name in panel.sets},
+            far={k: len(x) for k, x in ctx.far_ood.items()}))
+    grid = p.evaluate.rf_grid()
+    forests = int(np.prod([len(v) for v in grid.values()])) * p.cv.inner_folds + 1
 
     # features: the training caches not on disk yet, and (once per channels and depth) far-OOD
     # and shifted images
@@ -232,10 +252,13 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
         depth, cached = prefix_depth(v), uses_feature_cache(v, p)
         n_trials, n_inner = trial_budget(p.tune, config.trials, bool(v.unfreeze_blocks),
                                          ctx.plan.n_inner)
-        tunings = fits = train_images = eval_images = 0
+        tunings = fits = train_images = eval_images = forest_images = results_todo = 0
         for (r, f), arms in todo[v.name].items():
             split = ctx.plans[r]
             neural = [s for arm, s in arms if not is_rf(arm)]
+            results_todo += len(arms)
+            n = len(split.inner(f, 0)[0])
+            forest_images += sum(is_rf(arm) for arm, _ in arms) * n * np.log2(max(n, 2))
             if any(s != "specified" for s in neural):   # fold.py: every other setting is tuned
                 tunings += 1
                 fits += n_trials * n_inner
@@ -249,11 +272,14 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
         if probe:
             r: Rates = rates.get(depth, Rates(0.0, 0.0))   # absent: nothing left to train
             prefix = 0.0 if cached else r.prefix_s
-            evaluation = eval_images * (r.train_s / 3 + prefix)
+            metrics = 0.0 if evaluation is None else (
+                results_todo * evaluation.arm_s
+                + forests * p.evaluate.rf_trees * forest_images * evaluation.forest_s)
+            forward = eval_images * (r.train_s / 3 + prefix) + metrics
             epoch = train_images * (r.train_s + prefix)
             stop = EARLY_STOP_FRACTION["unfrozen" if v.unfreeze_blocks else "head"]
-            eta = round(p.train.epochs * stop * epoch + evaluation, 1)
-            eta_max = round(p.train.epochs * epoch + evaluation, 1)
+            eta = round(p.train.epochs * stop * epoch + forward, 1)
+            eta_max = round(p.train.epochs * epoch + forward, 1)
         results = len(ctx.arms(v)) * len(units)
         pending = sum(len(arms) for arms in todo[v.name].values())
         variants.append(VariantPlan(
@@ -273,4 +299,4 @@ def plan_study(ctx, probe: bool = True, rates: dict[int, Rates] | None = None) -
         epochs=p.train.epochs, feature_caches=tuple(caches),
         prefix_images=sum(passes.values()),
         features_eta_s=features_eta, eta_s=eta_s, eta_max_s=eta_max_s,
-        rates=rates, workers=workers)
+        rates=rates, workers=workers, evaluation=evaluation)

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.ensemble import RandomForestClassifier
 
 from .config import Profile
 from .device import Runtime, compute_threads, resolve_runtime
+from .evaluate import evaluate_fold, fit_confidence_artifacts
+from .evaluate.descriptors import IMAGE_STAT_NAMES
 from .features import extract_prefix
-from .models import build_vgg19
+from .models import build_vgg19, scaled
+from .outputs import ModelOutputs
 from .train import CachedSource, Hyper, fit
 
 #: most images in the timed prefix pass
@@ -89,3 +93,67 @@ def _probe_depth(profile: Profile, depth: int, runtime: Runtime) -> Rates:
     extra = 2 * batch
     return Rates(prefix_s=prefix_s,
                  train_s=(long - short) / extra if long > short else long / (2 * extra))
+
+
+@dataclass(frozen=True)
+class EvalSizes:
+    """Image counts of one outer fold's evaluation (``plan.py`` takes them from the run)."""
+
+    train: int
+    val: int
+    test: int
+    shifted: dict[str, int]   # shift-panel set -> copies held out in the fold
+    far: dict[str, int]       # far-OOD and foreign-lab sets
+
+
+@dataclass(frozen=True)
+class EvalRates:
+    """Seconds of one result's evaluation and of one random-forest head's fits on this host."""
+
+    arm_s: float      # metrics of one arm (every scorer, OOD detector, conformal, selective)
+    forest_s: float   # per tree × training image × log2(training images) of a forest
+
+
+def measure_evaluation(profile: Profile, sizes: EvalSizes) -> EvalRates:
+    """Time the metrics of one arm (``evaluate.evaluate_fold`` plus the confidence artifacts)
+    on random outputs of the fold's sizes, and a small forest of the RF head's kind. The
+    metrics cost about as much per arm as a head's training (OOD detectors on every shifted
+    set), which a forward-pass count does not see. The global RNG is untouched."""
+    e, m = profile.evaluate, profile.model
+    rng = np.random.default_rng(0)
+    moments = 2 * (scaled(64, m.width) + scaled(128, m.width))
+
+    def outputs(n: int, groups: int) -> ModelOutputs:
+        logits = rng.normal(size=(n, 3))
+        mc = rng.dirichlet(np.ones(3), size=(e.mc_samples, n)) if e.mc_samples else None
+        return ModelOutputs(logits=logits, features=rng.normal(size=(n, m.head_hidden)),
+                            labels=rng.integers(0, 3, n), mc_probs=mc,
+                            groups=rng.integers(0, max(groups, 1), n),
+                            descriptors={"image_stats": rng.normal(size=(n, len(IMAGE_STAT_NAMES))),
+                                         "block_moments": rng.normal(size=(n, moments))})
+
+    train, val, test = outputs(sizes.train, 10), outputs(sizes.val, 4), outputs(sizes.test, 3)
+    shifted = {k: outputs(n, 3) for k, n in sizes.shifted.items()}
+    worst = f"_s{max(e.ood_severities, default=0)}"
+    ood = {**{k: outputs(n, 1) for k, n in sizes.far.items()},
+           **{k: o for k, o in shifted.items() if k.endswith(worst)}}
+    graded = {k: o for k, o in shifted.items() if not k.endswith(worst)}
+
+    def arm() -> float:
+        t0 = time.perf_counter()
+        row = evaluate_fold(train, val, test, ood_sets=ood, shifted=shifted, graded=graded,
+                            config=e, batch_keys={})
+        fit_confidence_artifacts(train, val, e, temperature=row["cal_temperature"])
+        return time.perf_counter() - t0
+
+    # a forest on features whose labels depend on them (random labels grow deeper trees)
+    n, trees = 512, 10
+    x = rng.normal(size=(n, 512)).astype(np.float32)
+    y = np.argmax(x[:, :3] + 0.5 * rng.normal(size=(n, 3)), axis=1)
+    with compute_threads(profile.train.cpu_threads):   # as each fold computation runs
+        arm()   # the second arm of a fold is timed: the acquisition detectors' fits are shared
+        arm_s = arm()
+        t0 = time.perf_counter()
+        RandomForestClassifier(n_estimators=trees, random_state=0, n_jobs=1).fit(x, y)
+        forest_s = (time.perf_counter() - t0) / (trees * n * np.log2(n))
+    return EvalRates(arm_s=round(arm_s, 4), forest_s=float(forest_s))

@@ -172,16 +172,26 @@ def test_plan_eta_shares_the_fold_work_between_workers_and_bounds_early_stopping
                                                                                   tmp_path):
     """With the same probe rates, two workers halve the fold-work part of the ETA (features are
     built once, first); the every-epoch bound exceeds the early-stopping estimate by exactly
-    the training share that early stopping saves."""
+    the training share that early stopping saves; every result adds its metrics' seconds and
+    every random-forest result its forests'."""
     from smids_eval.plan import EARLY_STOP_FRACTION, plan_study
-    from smids_eval.probe import Rates
+    from smids_eval.probe import EvalRates, Rates
     from smids_eval.study import prepare
 
     _, _, config = finished_run
     fresh = config.replace(out=str(tmp_path / "fresh"), plan_only=True)
     rates = {4: Rates(prefix_s=1e-3, train_s=4e-3), 5: Rates(prefix_s=1e-3, train_s=2e-3)}
-    one = plan_study(prepare(fresh.replace(jobs=1), write=False), rates=rates)
-    two = plan_study(prepare(fresh.replace(jobs=2), write=False), rates=rates)
+    evaluation = EvalRates(arm_s=0.5, forest_s=1e-6)
+    one = plan_study(prepare(fresh.replace(jobs=1), write=False), rates=rates,
+                     evaluation=evaluation)
+    two = plan_study(prepare(fresh.replace(jobs=2), write=False), rates=rates,
+                     evaluation=evaluation)
+    costlier = plan_study(prepare(fresh.replace(jobs=1), write=False), rates=rates,
+                          evaluation=EvalRates(arm_s=1.5, forest_s=1e-6))
+    assert costlier.eta_s == pytest.approx(one.eta_s + 1.0 * one.results_total, abs=0.2)
+    no_forest = plan_study(prepare(fresh.replace(jobs=1), write=False), rates=rates,
+                           evaluation=EvalRates(arm_s=0.5, forest_s=0.0))
+    assert no_forest.eta_s < one.eta_s                  # the RF heads' forests are counted
     assert (one.workers, two.workers) == (1, 2) and one.features_eta_s == two.features_eta_s
     work = sum(v.eta_s for v in one.variants)
     work_max = sum(v.eta_max_s for v in one.variants)

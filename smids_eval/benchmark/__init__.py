@@ -99,7 +99,8 @@ def plan_benchmark(config: StudyConfig) -> list[StudyPlan]:
     ctx = prepare(config, write=False)
     plans = [plan_study(ctx)]
     for twin in twin_configs(config, ctx):
-        plans.append(plan_study(prepare(twin, write=False), rates=plans[0].rates))
+        plans.append(plan_study(prepare(twin, write=False), rates=plans[0].rates,
+                                evaluation=plans[0].evaluation))
     return plans
 
 
