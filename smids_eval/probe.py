@@ -29,6 +29,8 @@ from .train import CachedSource, Hyper, fit
 
 #: most images in the timed prefix pass
 MAX_IMAGES = 32
+#: the long training epoch of the probe lasts about this long, in at most MAX_BATCHES batches
+EPOCH_S, MAX_BATCHES = 0.25, 32
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,17 @@ def _probe_depth(profile: Profile, depth: int, runtime: Runtime) -> Rates:
         return float(result.history["seconds"].iloc[0])
 
     with compute_threads(profile.train.cpu_threads if runtime.device.type == "cpu" else 0):
-        epoch(2)
-        short, long = epoch(2), epoch(4)
+        first = epoch(2)
+        # a long epoch of at least ~EPOCH_S: a head's 2-batch difference (~5 ms) drowns in the
+        # fixed costs' noise (the probe once read 10 µs per image for a 37 µs head)
+        more = int(min(MAX_BATCHES, max(4, np.ceil(EPOCH_S / max(first / 2, 1e-6)))))
+        short = min(epoch(2) for _ in range(2))
+        long = min(epoch(more) for _ in range(2))
     # the marginal cost of an image: what an epoch costs whatever its size (the optimizer's
     # first step, copying the best state) weighs on a 2-batch probe, not on a real epoch
-    extra = 2 * batch
+    extra = (more - 2) * batch
     return Rates(prefix_s=prefix_s,
-                 train_s=(long - short) / extra if long > short else long / (2 * extra))
+                 train_s=(long - short) / extra if long > short else long / (more * batch))
 
 
 @dataclass(frozen=True)
