@@ -166,9 +166,11 @@ class DescriptorDistance(Detector):
 
     #: fitted (mean, scale, precision, threshold) by content: every arm of a fold fits the
     #: same acquisition detector on the same images (it never reads the model), so a process
-    #: fits it once per fold and image set instead of once per arm
+    #: fits it once per fold and image set instead of once per arm. A worker runs one variant
+    #: over every fold before the next, so the memo holds a run's folds (15 × ~3 fits, at
+    #: most ~1.2 MB each for block moments)
     _fitted: ClassVar[OrderedDict] = OrderedDict()
-    FITTED_KEPT = 16
+    FITTED_KEPT = 64
 
     def fit(self, train, val):
         if train is None:
