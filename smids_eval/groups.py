@@ -9,6 +9,7 @@ one group (:class:`AcquisitionGrouper`, :func:`infer_groups`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import posixpath
 from collections.abc import Sequence
@@ -319,8 +320,6 @@ def infer_groups(images: np.ndarray, n_groups: int = 17, seed: int = 0,
 def groups_digest(groups) -> str:
     """Eight hex digits of the image-to-group assignment: part of every Optuna study name and
     of a run folder's identity, so neither is reused under other groups."""
-    import hashlib
-
     return hashlib.sha256("\n".join(map(str, np.asarray(groups))).encode()).hexdigest()[:8]
 
 
