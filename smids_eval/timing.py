@@ -116,3 +116,16 @@ class RunCost:
             "eta_s": self.plan.get("eta_s"),
             "plan": self.plan,
         }
+
+
+def benchmark_record(record: dict, main_study: dict | None) -> dict:
+    """A benchmark's ``timings.json``: ``record`` (``RunCost.record``) covers the whole job, since
+    the benchmark's timer is the main study's, kept running through the stages after it; it is
+    marked ``"scope": "benchmark"`` and carries under ``main_study`` the main study's own wall,
+    normalised cost and stages (from ``main_study``, the record the study wrote at its end; left
+    out when it wrote none). A study's own ``timings.json`` has neither key."""
+    out = dict(record, scope="benchmark")
+    if main_study:
+        out["main_study"] = {key: main_study.get(key)
+                             for key in ("wall_s", "normalised_wall_s", "stages_s")}
+    return out

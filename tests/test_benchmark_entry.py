@@ -49,6 +49,19 @@ def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path, capsys
     assert {"prepare", "final_fits", "random_split", "report"} <= set(timings["stages_s"])
     assert sum(timings["stages_s"].values()) <= timings["wall_s"]
     assert "final_fits" in json.loads((random_split / "timings.json").read_text())["stages_s"]
+    # ...and so does the report's cost, re-written once the report's own stage is timed, with
+    # the main study's figures (what the study wrote at its end) labelled beside the whole
+    main = timings["main_study"]
+    assert timings["scope"] == "benchmark" and main["wall_s"] < timings["wall_s"]
+    assert set(timings["stages_s"]) - set(main["stages_s"]) == {"random_split", "report"}
+    cost = report.split("## Cost of this run", 1)[1]
+    wall = timings["wall_s"]
+    assert (f"**wall time of the whole benchmark**: {wall / 60:.1f} min ({wall:.0f} s): the "
+            f"main study, then random_split, report") in cost
+    assert f"700 GFLOP/s)**: {timings['normalised_wall_s']} s" in cost
+    assert (f"**main study**: {main['wall_s'] / 60:.1f} min ({main['wall_s']:.0f} s) wall, "
+            f"normalised {main['normalised_wall_s']} s") in cost
+    assert re.search(r"^\| after the main study \| report \| \d", cost, re.M)
 
 
 def test_benchmark_plan_prints_the_study_and_its_random_split_twin(tmp_path, capsys):

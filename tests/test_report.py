@@ -185,6 +185,50 @@ def test_cli(study, capsys):
     assert exc.value.code == 0
 
 
+def test_cost_is_the_studys_and_after_a_benchmark_the_whole_jobs_beside_its_main_study(
+        study, tmp_path):
+    """A study's report labels its cost the study's. The benchmark times stages after its report
+    (twins, throughput, the report itself) in the main study's timer: its timings.json is then the
+    whole job's, and the report's cost section, re-written, shows that whole with the main
+    study's figures labelled as such; the rest of the report stays as written."""
+    from smids_eval.benchmark import LATER_STAGES
+    from smids_eval.report.markdown import render, rewrite_cost
+    from smids_eval.timing import RunCost, StageTimer, benchmark_record
+
+    run = Path(shutil.copytree(study[0], tmp_path / study[0].name))
+    text = build_report(run).read_text()
+    own = sections(text)["Cost of this run"]
+    assert "**wall time of the study**" in own and "**normalised cost of the study" in own
+    assert "benchmark" not in own and "main study" not in own
+    now = [0.0]
+    timer = StageTimer(lambda: now[0])
+    cost = RunCost(timer, peak_gflops=350.0, device="cpu",
+                   plan=RunFolder(run).read_timings()["plan"])
+    for name, seconds in (("prepare", 10.0), ("final_fits", 1400.0)):
+        with timer.stage(name):
+            now[0] += seconds
+    main = cost.record()                        # what the main study writes at its end
+    for name, seconds in zip(LATER_STAGES, (200.0, 50.0, 60.0, 40.0), strict=True):
+        with timer.stage(name):
+            now[0] += seconds
+    RunFolder(run).write_timings(benchmark_record(cost.record(), main))
+    assert rewrite_cost(run) == RunFolder(run).report
+    after = RunFolder(run).report.read_text()
+    head = text.split("## Cost of this run")[0]
+    assert after.startswith(head) and after == render(Report.load(run))
+    whole = sections(after)["Cost of this run"]
+    assert ("**wall time of the whole benchmark**: 29.3 min (1760 s): the main study, then "
+            "random_split, sensitivity, throughput, report") in whole
+    assert "(wall × min(peak, 700) / 700 GFLOP/s)**: 880.0 s (target ≤ 1800.0 s)" in whole
+    assert "**main study**: 23.5 min (1410 s) wall, normalised 705.0 s" in whole
+    rows = [line for line in whole.splitlines() if line.startswith("| main study")
+            or line.startswith("| after the main study")]
+    assert [row.split("|")[1:3] for row in rows] == [
+        [" main study ", " final_fits "], [" main study ", " prepare "],
+        [" after the main study ", " random_split "], [" after the main study ", " throughput "],
+        [" after the main study ", " sensitivity "], [" after the main study ", " report "]]
+
+
 def test_at_a_glance_numbers_recompute_from_the_fold_rows(study, capsys):
     from smids_eval.report.glance import glance_facts
     from smids_eval.report.markdown import Report

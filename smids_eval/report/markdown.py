@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,13 @@ from ..cells import (
 )
 from ..config import EvalConfig
 from ..data.classes import SLUGS, class_slug
+from ..errors import OutputError
 from ..evaluate.ood import FLAG
 from ..evaluate.selective import pct_tag
 from ..io import write_text
 from ..metric_names import HELD_OUT, column, qualified
 from ..run_folder import RunFolder, folds_table
+from ..timing import normalised_wall
 from ..toml import load_toml
 from . import figures as fg
 from .glance import at_a_glance, limits
@@ -948,25 +951,67 @@ def _eta(timings: dict) -> str:
     return text
 
 
+def _minutes(seconds: float) -> str:
+    return f"{fmt(seconds / 60, 1)} min ({fmt(seconds, 0)} s)"
+
+
+def main_study_cost(timings: dict) -> tuple[dict | None, list[str]]:
+    """A benchmark's ``timings.json`` (``timing.benchmark_record``): the main study's wall,
+    normalised cost and stages, and the names of the stages after it; (None, []) for a study's
+    own. A file from before the benchmark recorded ``main_study`` is told by its later stages'
+    names, and its main study's wall is the whole less those stages (``approximate``)."""
+    from ..benchmark import LATER_STAGES  # here: the benchmark imports this module
+
+    stages = timings.get("stages_s", {})
+    main = timings.get("main_study")
+    if main:
+        return main, [s for s in stages if s not in main.get("stages_s", {})]
+    later = [s for s in stages if s in LATER_STAGES]
+    if not later and timings.get("scope") != "benchmark":
+        return None, []
+    wall = timings["wall_s"] - sum(stages[s] for s in later)
+    return ({"wall_s": wall, "normalised_wall_s": normalised_wall(wall, timings.get("bf16_peak_gflops")),
+             "stages_s": {s: v for s, v in stages.items() if s not in later},
+             "approximate": True}, later)
+
+
 def cost(r: Report) -> list[str]:
     """What the run cost (``timings.json``): wall time and stages, peak memory, the host's bf16
-    matmul peak and the normalised cost, and the plan's ETA against the actual time."""
+    matmul peak and the normalised cost, and the plan's ETA against the actual time. A
+    benchmark's figures are the whole job's (main study, twins, throughput suite, report), the
+    main study's beside them, each labelled; a study's are labelled the study's."""
     timings = r.run.read_timings()
     if not timings:
         return na("no timings.json (written by the study since the plan/ETA change)")
     wall, eta = timings.get("wall_s"), timings.get("eta_s")
-    items = [("wall time", f"{fmt(wall / 60, 1)} min"),
-             ("ETA at the start", _eta(timings) if eta else "not measured"),
-             ("peak RSS", f"{fmt(timings.get('peak_rss_mb', float('nan')) / 1024, 2)} GB (self), "
-                          f"{fmt(timings.get('peak_rss_children_mb', float('nan')) / 1024, 2)} GB "
-                          f"(child processes)"),
-             ("bf16 matmul peak at the start", f"{timings.get('bf16_peak_gflops')} GFLOP/s"),
-             ("normalised cost (wall × min(peak, 700) / 700 GFLOP/s)",
+    main, later = main_study_cost(timings)
+    whole = "the whole benchmark" if main is not None else "the study"
+    items = [(f"wall time of {whole}", _minutes(wall)
+              + (f": the main study, then {', '.join(later)}" if later else "")),
+             (f"normalised cost of {whole} (wall × min(peak, 700) / 700 GFLOP/s)",
               f"{timings.get('normalised_wall_s')} s (target ≤ {timings.get('normalised_target_s')} s)")]
-    stages = pd.DataFrame(sorted(timings.get("stages_s", {}).items(), key=lambda kv: -kv[1]),
-                          columns=["stage", "seconds"])
-    return ([f"- **{k}**: {v}" for k, v in items] + ["", "Seconds per stage:", ""]
-            + md_table(stages))
+    if main is not None:
+        about = "about " if main.get("approximate") else ""
+        items.append(("main study", f"{about}{_minutes(main['wall_s'])} wall, normalised "
+                                    f"{about}{main.get('normalised_wall_s')} s"
+                      + (" (this timings.json predates the main study's own record: the whole "
+                         "less the later stages)" if about else "")))
+    items += [(f"ETA {'of the main study ' if main is not None else ''}at the start",
+               _eta(timings) if eta else "not measured"),
+              ("peak RSS", f"{fmt(timings.get('peak_rss_mb', float('nan')) / 1024, 2)} GB (self), "
+                           f"{fmt(timings.get('peak_rss_children_mb', float('nan')) / 1024, 2)} GB "
+                           f"(child processes)"),
+              ("bf16 matmul peak at the start", f"{timings.get('bf16_peak_gflops')} GFLOP/s")]
+    by_time = sorted(timings.get("stages_s", {}).items(), key=lambda kv: -kv[1])
+    if main is None:
+        stages = pd.DataFrame(by_time, columns=["stage", "seconds"])
+        intro = "Seconds per stage:"
+    else:
+        rows = ([("main study", name, sec) for name, sec in by_time if name not in later]
+                + [("after the main study", name, sec) for name, sec in by_time if name in later])
+        stages = pd.DataFrame(rows, columns=["part", "stage", "seconds"])
+        intro = "Seconds per stage (the main study's, then the benchmark's later stages):"
+    return ([f"- **{k}**: {v}" for k, v in items] + ["", intro, ""] + md_table(stages))
 
 
 SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
@@ -986,16 +1031,45 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
 ]
 
 
+def _section(report: Report, title: str, section: Callable[[Report], list[str]]) -> list[str]:
+    lines = [f"## {title}", ""]
+    try:
+        lines += section(report)
+    except Exception as exc:  # noqa: BLE001 - one broken section must not lose the report
+        log.exception("report section %r failed", title)
+        lines += na(f"section failed ({type(exc).__name__}: {exc})")
+    return lines
+
+
 def render(report: Report) -> str:
     lines = [f"# SMIDS VGG19 benchmark: {report.run.root.name}", ""]
     for title, section in SECTIONS:
-        lines += [f"## {title}", ""]
-        try:
-            lines += section(report)
-        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the report
-            log.exception("report section %r failed", title)
-            lines += na(f"section failed ({type(exc).__name__}: {exc})")
+        lines += _section(report, title, section)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def rewrite_cost(run_dir) -> Path | None:
+    """Re-write the "Cost of this run" section of ``RUN/report.md`` (atomically) from the run's
+    ``timings.json`` as it is now, the rest of the report kept byte for byte: the benchmark
+    times stages after its report was written (the report's own among them). Returns the
+    report's path; None (logged) when there is no report or no such section to re-write."""
+    run = RunFolder(Path(run_dir))
+    title, section = next((t, f) for t, f in SECTIONS if f is cost)
+    try:
+        text = run.report.read_text(encoding="utf-8")
+        head = re.search(rf"^## {re.escape(title)}$", text, re.M)
+        if head is None:
+            log.warning("%s has no %r section: its cost is in %s", run.report, title, run.timings)
+            return None
+        nxt = re.compile(r"^## ", re.M).search(text, head.end())
+        lines = "\n".join(_section(Report(run=run), title, section))
+        lines = lines + "\n" if nxt else lines.rstrip() + "\n"
+        write_text(run.report, text[:head.start()] + lines + (text[nxt.start():] if nxt else ""))
+    except (OSError, OutputError) as exc:
+        log.error("the cost in %s not re-written (%s); the whole job's is in %s", run.report,
+                  exc, run.timings)
+        return None
+    return run.report
 
 
 def summary_text(run_dir, random_split_run=None) -> str:

@@ -158,6 +158,8 @@ class StudyResult:
     context: StudyContext
     cost: RunCost
     complete: bool = True   # False: other workers still hold claims; the last one writes tables
+    #: what this invocation wrote to ``timings.json`` (None: it wrote none, being incomplete)
+    timings: dict | None = None
 
     @property
     def leaderboard(self) -> pd.DataFrame:
@@ -398,10 +400,11 @@ def run_prepared(ctx: StudyContext, cost: RunCost | None = None) -> StudyResult:
     remove_empty_tree(claims.folder)
     with timer.stage("tables"):
         frame = write_tables(ctx.run, Path(config.out))
-    ctx.run.write_timings(cost.record())
+    timings = cost.record()
+    ctx.run.write_timings(timings)
     log.info("results in %s (%.0f s; ETA was %s s)", ctx.run.root, timer.wall(),
              cost.plan.get("eta_s"))
-    return StudyResult(ctx.run, frame, ctx, cost)
+    return StudyResult(ctx.run, frame, ctx, cost, timings=timings)
 
 
 def resume_in_helper(ctx: StudyContext) -> StudyResult:
