@@ -53,9 +53,18 @@ def elapsed(t0: float) -> float:
     return round(time.perf_counter() - t0, 2)
 
 
+#: per-image columns of ``ConfidenceArtifacts.apply`` kept with the held-out predictions: what
+#: ``predict`` would say of each held-out crop (false alarms, referrals and conformal sets by
+#: acquisition group are read from them)
+CONFIDENCE_COLUMNS = ("ood_score", "in_distribution", "conformal_set", "confident", "decision",
+                      "refer_reason")
+
+
 def prediction_frame(ctx, index: np.ndarray, outputs: ModelOutputs, repeat: int, fold: int,
-                     variant: str, setting: str) -> pd.DataFrame:
-    """Per-image probabilities of the held-out fold, so every metric can be recomputed."""
+                     variant: str, setting: str,
+                     confidence: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-image probabilities of the held-out fold, so every metric can be recomputed, and
+    (``confidence``) the fold model's confidence index of each crop."""
     probs = outputs.probs
     frame = pd.DataFrame({"path": np.asarray(ctx.dataset.paths)[index],
                           "group": ctx.groups[index], "repeat": repeat, "fold": fold,
@@ -68,6 +77,9 @@ def prediction_frame(ctx, index: np.ndarray, outputs: ModelOutputs, repeat: int,
         mean = outputs.mc_probs.mean(0)
         for k, name in enumerate(CLASSES):
             frame[f"mc_prob_{class_slug(name)}"] = mean[:, k]
+    if confidence is not None:
+        for col in CONFIDENCE_COLUMNS:
+            frame[col] = confidence[col].to_numpy()
     return frame
 
 
@@ -241,15 +253,21 @@ class FoldRunner:
             row.update(hp_optimizer=hyper.optimizer, hp_learning_rate=hyper.learning_rate,
                        hp_weight_decay=hyper.weight_decay, epochs_run=result.epochs_run,
                        best_epoch=result.best_epoch, **extra)
-            artifacts = fit_confidence_artifacts(
-                train_out, val_out, ctx.profile.evaluate, temperature=row["cal_temperature"],
-                batch_test=self.shared.get(("batch", repeat, fold), (None,))[0])
+            artifacts = self._artifacts(fold, train_out, val_out, row)
+            confidence = artifacts.apply(test_out)
         model = SavedFold(variant=v.as_dict(), setting=setting, fold=fold, repeat=repeat,
                           suffix_state=result.state_dict, hyper=asdict(hyper),
                           profile=ctx.profile.as_dict(), weights=self.engine.weights_id,
                           artifacts=artifacts, provenance=self.prov)
         with timer.stage("saving"):
-            self._save(row, t0, test_idx, test_out, fold, setting, model)
+            self._save(row, t0, test_idx, test_out, fold, setting, model, confidence=confidence)
+
+    def _artifacts(self, fold, train_out, val_out, row):
+        """The fold model's confidence index (what ``predict`` applies), fitted on train/val
+        with the temperature its metrics used and the fold's shared batch test."""
+        return fit_confidence_artifacts(
+            train_out, val_out, self.ctx.profile.evaluate, temperature=row["cal_temperature"],
+            batch_test=self.shared.get(("batch", self.repeat, fold), (None,))[0])
 
     def _predict(self, state: dict, x: torch.Tensor, idx: np.ndarray | None = None,
                  descriptors: dict | None = None) -> ModelOutputs:
@@ -345,7 +363,8 @@ class FoldRunner:
             self.shared[key] = (test, batch_shift_keys(test, test_out, ood_sets))
         return self.shared[key][1]
 
-    def _save(self, row, t0, test_idx, test_out, fold, setting, model, name=None) -> None:
+    def _save(self, row, t0, test_idx, test_out, fold, setting, model, name=None,
+              confidence=None) -> None:
         ctx = self.ctx
         name = name or self.variant.name
         train_idx = np.flatnonzero(self.split.outer_fold != fold)
@@ -355,7 +374,7 @@ class FoldRunner:
                    n_groups_test=len(np.unique(ctx.groups[test_idx])),
                    wall_seconds=elapsed(t0), **self.prov)
         ctx.run.save_fold(row, prediction_frame(ctx, test_idx, test_out, self.repeat, fold, name,
-                                                setting), model)
+                                                setting, confidence), model)
         log.info("%s repeat %d fold %d %s: macro-F1 %.3f, abnormal recall %.3f (%.0fs)", name,
                  self.repeat, fold, setting,
                  row.get("cls_macro_f1", float("nan")), row.get("cls_recall_abnormal_sperm", float("nan")),
@@ -394,5 +413,7 @@ class FoldRunner:
         row = self._evaluate(fold, RF_SETTING, train_out, val_out, test_out, shifted_out, far_out)
         row.update({f"rf_{k}": v for k, v in rf.best_params_.items()},
                    tune_best_inner_macro_f1=rf.best_score_)
-        self._save(row, t0, test_idx, test_out, fold, RF_SETTING, None, name=self.rf_name)
+        confidence = self._artifacts(fold, train_out, val_out, row).apply(test_out)
+        self._save(row, t0, test_idx, test_out, fold, RF_SETTING, None, name=self.rf_name,
+                   confidence=confidence)
 

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smids_eval import StudyConfig, run_study
+from smids_eval import CLASSES, StudyConfig, run_study
 from smids_eval.cli import module_main
 from smids_eval.evaluate.shifts import SHIFTS
+from smids_eval.naming import dir_name
 from smids_eval.run_folder import RunFolder, folds_table
 from smids_eval.toml import load_toml
 
@@ -229,6 +230,21 @@ def test_no_group_in_train_and_test_and_predictions_recompute_metrics(finished_r
     assert set(pred["path"]) == set(splits.loc[splits.outer_fold == 1, "path"])
     assert (pred["label"] == pred["predicted"]).mean() == pytest.approx(row["cls_accuracy"])
     assert (run / "models" / "F.1" / "r0-fold1-tuned.pt").is_file()
+    # every arm's held-out crops carry the fold model's confidence index: its false-alarm rate
+    # is the folds table's, and a referral always says why
+    for _, row in folds.iterrows():
+        pred = pd.read_csv(run / "predictions" / dir_name(row["variant"])
+                           / f"r{row['repeat']}-fold{row['fold']}-{row['setting']}.csv.gz",
+                           keep_default_na=False)
+        assert 1 - pred["in_distribution"].mean() == pytest.approx(
+            row["ood_heldout_in_distribution_flagged"], abs=1e-12)
+        assert (pred["in_distribution"] == (pred["ood_score"] >= 0)).all()
+        refer = pred["decision"] == "refer"
+        assert set(pred["decision"]) <= {"accept", "refer"}
+        assert (pred.loc[refer, "refer_reason"] != "").all()
+        assert (pred.loc[~refer, "refer_reason"] == "").all()
+        assert (pred.loc[~pred["in_distribution"], "refer_reason"] == "ood").all()
+        assert pred["conformal_set"].str.split("|").map(set(CLASSES).issuperset).all()
     assert (run / "history" / "F.1" / "r0-fold1-tuned.csv").is_file()
 
 
