@@ -21,9 +21,9 @@ from sklearn.ensemble import RandomForestClassifier
 from .config import Profile
 from .device import Runtime, compute_threads, resolve_runtime
 from .evaluate import evaluate_fold, fit_confidence_artifacts
-from .evaluate.descriptors import IMAGE_STAT_NAMES
+from .evaluate.descriptors import IMAGE_STAT_NAMES, block_moments_width
 from .features import extract_prefix
-from .models import build_vgg19, scaled
+from .models import build_vgg19
 from .outputs import ModelOutputs
 from .train import CachedSource, Hyper, fit
 
@@ -127,7 +127,7 @@ def measure_evaluation(profile: Profile, sizes: EvalSizes) -> EvalRates:
     set), which a forward-pass count does not see. The global RNG is untouched."""
     e, m = profile.evaluate, profile.model
     rng = np.random.default_rng(0)
-    moments = 2 * (scaled(64, m.width) + scaled(128, m.width))
+    moments = block_moments_width(m.width)
 
     def outputs(n: int, groups: int) -> ModelOutputs:
         logits = rng.normal(size=(n, 3))

@@ -7,7 +7,12 @@ import pytest
 from test_evaluate_ood import SIZE, smear_images
 from tiny_vgg import WIDTH
 
-from smids_eval.evaluate.descriptors import IMAGE_STAT_NAMES, block_moments, describe
+from smids_eval.evaluate.descriptors import (
+    IMAGE_STAT_NAMES,
+    block_moments,
+    block_moments_width,
+    describe,
+)
 from smids_eval.evaluate.ood import DETECTORS, InDistribution
 from smids_eval.evaluate.shifts import apply_shift
 from smids_eval.models import build_vgg19
@@ -43,11 +48,21 @@ def test_descriptors_are_finite_for_flat_and_tiny_images(prefix):
     flat[1] = 0
     d = describe(flat, prefix, "rgb")
     assert d["image_stats"].shape == (3, len(IMAGE_STAT_NAMES))
-    assert d["block_moments"].shape[0] == 3
+    assert d["block_moments"].shape == (3, block_moments_width(WIDTH))
     assert all(np.isfinite(v).all() for v in d.values())
     # a prefix with fewer than two blocks has no block moments
     shallow = build_vgg19(width=WIDTH, size=SIZE, unfreeze_blocks=4).prefix
     assert block_moments(shallow, flat, "rgb") is None
+
+
+@pytest.mark.parametrize("width, channels", [(WIDTH, "grey"), (0.3, "rgb"), (0.01, "rgb")])
+def test_block_moments_width_is_the_width_of_the_moments_computed(width, channels):
+    """What the probe sizes its stand-in descriptors by is what a prefix of that width gives,
+    for grey input and for widths that round channels (0.01: one channel per conv)."""
+    prefix = build_vgg19(in_channels=1 if channels == "grey" else 3, width=width, size=SIZE,
+                         unfreeze_blocks=3).prefix.eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    assert block_moments(prefix, images, channels).shape == (2, block_moments_width(width))
 
 
 @pytest.mark.parametrize("name", ["image_stats", "block_moments"])

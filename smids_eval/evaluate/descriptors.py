@@ -13,12 +13,15 @@ an image set is described once across folds, repeats, worker processes and runs.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import numpy as np
 import torch
 from skimage.color import rgb2hed
 
 from ..augment import images_to_tensor, to_channels, to_float
 from ..features import FeatureCache, LazyImages
+from ..models import VGG19_BLOCKS, scaled
 
 IMAGE_STAT_NAMES = (
     *(f"mean_{c}" for c in "rgb"), *(f"std_{c}" for c in "rgb"),
@@ -34,8 +37,12 @@ _LOG_COLUMNS = [i for i, n in enumerate(IMAGE_STAT_NAMES)
                 if n.startswith(("std_", "hed_std_", "saturation_", "chroma_"))
                 or n in ("grey_spread", "background_std", "object_fraction", "dynamic_range",
                          "illumination_gradient")]
-#: first two VGG19 blocks: Normalize + (conv, relu) x 2 + pool + (conv, relu) x 2
-_BLOCK_ENDS = (4, 9)  # prefix indices (after Normalize) of the last ReLU of blocks 1 and 2
+#: the VGG19 blocks (``models.VGG19_BLOCKS``: channels of each conv) whose activations'
+#: per-channel moments are the ``block_moments``: blocks 1 and 2
+MOMENT_BLOCKS = VGG19_BLOCKS[:2]
+#: prefix indices (after Normalize) of the max-pool that ends each of ``MOMENT_BLOCKS``: a block
+#: is (conv, ReLU) per conv then a max-pool (``models.vgg19_features``), so (4, 9)
+_BLOCK_ENDS = tuple(end - 1 for end in accumulate(2 * len(block) + 1 for block in MOMENT_BLOCKS))
 #: part of ``DescriptorCache``'s key: raise it when a descriptor's computation changes
 DESCRIPTORS_VERSION = 1
 
@@ -113,6 +120,12 @@ def _statistics(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def block_moments_width(width: float) -> int:
+    """Columns of ``block_moments`` for a VGG19 of channel multiplier ``width``: a mean and a
+    standard deviation per output channel of each of ``MOMENT_BLOCKS``."""
+    return 2 * sum(scaled(block[-1], width) for block in MOMENT_BLOCKS)
+
+
 def has_block_moments(prefix: torch.nn.Sequential) -> bool:
     """Whether ``prefix`` (Normalize + frozen layers) holds VGG19 blocks 1 and 2."""
     return len(prefix) >= 1 + _BLOCK_ENDS[-1] + 1
@@ -121,8 +134,8 @@ def has_block_moments(prefix: torch.nn.Sequential) -> bool:
 @torch.inference_mode()
 def block_moments(prefix: torch.nn.Sequential, images: np.ndarray, channels: str,
                   batch: int = 128, bf16: bool = True) -> np.ndarray | None:
-    """(N, 2 * (C1 + C2)) per-channel mean and std of VGG19 blocks 1 and 2, or None when
-    ``prefix`` (Normalize + frozen layers) holds fewer than two blocks. ``bf16``: convolutions
+    """(N, ``block_moments_width(width)``) per-channel mean and std of ``MOMENT_BLOCKS`` (VGG19
+    blocks 1 and 2), or None when ``prefix`` (Normalize + frozen layers) holds fewer. ``bf16``: convolutions
     under bf16 autocast (twice as fast on CPU; moments agree with float32 to ~0.5%)."""
     if not has_block_moments(prefix):
         return None
