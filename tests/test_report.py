@@ -25,6 +25,7 @@ from smids_eval.report.markdown import (
     STAIN_HOLD_DROP,
     Report,
     build_report,
+    by_group,
     run_dataset,
     stain_sentence,
 )
@@ -32,7 +33,8 @@ from smids_eval.run_folder import RunFolder
 
 TINY = str(Path(__file__).parent / "profiles" / "tiny.toml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-STRIPPED = ("MC-dropout", "Out-of-distribution detection", "Accuracy under distribution shift",
+STRIPPED = ("MC-dropout", "Out-of-distribution detection", "Confidence index by acquisition group",
+            "Accuracy under distribution shift",
             "Neural head vs random-forest head", "Most confident errors", "Grad-CAM",
             "Grouped vs random split", "Throughput")
 
@@ -109,6 +111,8 @@ def test_full_report_has_every_section_and_valid_figures(study, tmp_path):
     ood = found["Out-of-distribution detection"]
     assert "Tier 1, new acquisition groups" in ood and "per fold:" in ood
     assert "| foreign lab | lab_stained_heads |" in ood and "A folder judged as a batch" in ood
+    by_group_text = found["Confidence index by acquisition group"]
+    assert "| group | held-out crops | called out (false alarm) |" in by_group_text
     assert "sel_val_thr" not in found["Selective prediction"]  # named for readers, not columns
     assert "Normal_Sperm (P / R / F1)" in found["Per-class recall"]
     data = found["Data exploration"]  # the run folder's same_cell.csv, the synthetic files
@@ -472,3 +476,22 @@ def test_grouping_optimism_is_shown_repeat_by_repeat():
                            "cls_macro_f1") == "—"
     assert _per_repeat_gap(grouped.drop(columns="repeat"), random, "F.0", "specified",
                            "cls_macro_f1") == "—"
+
+
+def test_false_alarms_by_group_add_up_to_the_folds_tables(study):
+    """The per-group table reads the crops' saved confidence index; weighted by crops it gives
+    the held-out false-alarm rate that the folds table computed from the model's outputs."""
+    run, _ = study
+    report = Report.load(run)
+    lines = by_group(report)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| group")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    crops = np.array([int(c[1]) for c in cells])
+    called_out = np.array([float(c[2]) for c in cells])
+    variant, setting = report.best_arm()
+    part = report.folds[(report.folds.variant == variant) & (report.folds.setting == setting)]
+    assert crops.sum() == part["n_test"].sum()
+    expected = np.average(part["ood_heldout_in_distribution_flagged"], weights=part["n_test"])
+    assert np.average(called_out, weights=crops) == pytest.approx(expected, abs=2e-3)  # 3 digits
+    assert list(called_out) == sorted(called_out, reverse=True)
+    assert len(cells) == report.preds.loc[report.preds.variant == variant, "group"].nunique()

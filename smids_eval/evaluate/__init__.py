@@ -111,6 +111,9 @@ def batch_shift_keys(test_batch, test: ModelOutputs, ood_sets: dict[str, ModelOu
     return res
 
 
+#: miscoverage of the conformal set ``predict`` reports per crop (class-conditional LAC)
+PREDICT_ALPHA = 0.1
+
 #: why ``decision`` is ``refer``, in the order they are checked ("" for accepted crops)
 REFER_REASONS = ("ood", "low_confidence", "fold_disagreement")
 
@@ -165,7 +168,7 @@ class ConfidenceArtifacts:
 
 
 def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, config: EvalConfig,
-                             *, alpha: float = 0.1, temperature: float | None = None,
+                             *, alpha: float = PREDICT_ALPHA, temperature: float | None = None,
                              batch_test=None) -> ConfidenceArtifacts:
     """Temperature, the in-distribution rule (``config``'s acquisition and semantic detectors,
     thresholds keeping ``acquisition_keep`` / ``semantic_keep`` of validation), class-conditional conformal LAC at
@@ -194,5 +197,5 @@ def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, conf
                                            else fit_batch_test(train, val)))
 
 
-__all__ = ["SCORERS", "DETECTORS", "REFER_REASONS", "ConfidenceArtifacts", "evaluate_fold",
+__all__ = ["SCORERS", "DETECTORS", "PREDICT_ALPHA", "REFER_REASONS", "ConfidenceArtifacts", "evaluate_fold",
            "fit_confidence_artifacts", "fit_batch_test", "batch_shift_keys", "class_slug"]

@@ -28,6 +28,7 @@ from ..cells import (
 from ..config import EvalConfig
 from ..data.classes import SLUGS, class_slug
 from ..errors import OutputError
+from ..evaluate import PREDICT_ALPHA
 from ..evaluate.ood import FLAG
 from ..evaluate.selective import pct_tag
 from ..io import write_text
@@ -649,6 +650,53 @@ def ood(r: Report) -> list[str]:
     return out + md_table(table.reset_index())
 
 
+#: a lab's tolerable share of its own new crops called out of distribution (issue 9's target)
+FALSE_ALARM_TOLERANCE = 0.10
+
+
+def by_group(r: Report) -> list[str]:
+    """The confidence index of held-out crops per acquisition group (from the predictions).
+
+    The per-fold false-alarm rates mix the 3-4 groups a fold holds; a lab wants to know
+    whether the false alarms are spread thinly or concentrated in a few groups that look like
+    another acquisition to the detectors."""
+    best = r.best_arm()
+    preds = r.arm_preds(*best) if best else pd.DataFrame()
+    if preds.empty or "in_distribution" not in preds:
+        return na("no held-out predictions with the confidence index (runs before it was "
+                  "saved per crop)")
+    preds = preds.assign(
+        out=~preds["in_distribution"].astype(bool),
+        accepted=preds["decision"].eq("accept"),
+        error=preds["label"].ne(preds["predicted"]),
+        covered=[label in str(s).split("|") for label, s
+                 in zip(preds["label"], preds["conformal_set"].fillna(""), strict=True)],
+        set_size=preds["conformal_set"].fillna("").map(lambda s: len(s.split("|")) if s else 0))
+    rows = []
+    for group, part in preds.groupby("group", sort=True):
+        accepted = part[part["accepted"]]
+        rows.append({"group": group, "held-out crops": len(part),
+                     "called out (false alarm)": part["out"].mean(),
+                     "accepted": part["accepted"].mean(),
+                     "error among accepted": accepted["error"].mean() if len(accepted) else np.nan,
+                     "set holds the label": part["covered"].mean(),
+                     "mean set size": part["set_size"].mean()})
+    table = pd.DataFrame(rows).sort_values("called out (false alarm)", ascending=False,
+                                           kind="stable")
+    high = table[table["called out (false alarm)"] > FALSE_ALARM_TOLERANCE]
+    share = high["held-out crops"].sum() / table["held-out crops"].sum()
+    risk = float(r.evaluate_setting("risk_target"))
+    return [f"The confidence index of every held-out crop of the best arm, {fg.arm(*best)}, "
+            f"per acquisition group ({r.grouping_label}; each crop once per repeat): what "
+            f"`predict` would say of a new slide from each group. {len(high)} of {len(table)} "
+            f"groups have more than {FALSE_ALARM_TOLERANCE:.0%} of their crops called out of "
+            f"distribution; they hold {share:.0%} of the held-out crops (groups hold "
+            f"{table['held-out crops'].min()}–{table['held-out crops'].max()} crops), so a fold "
+            f"above {FALSE_ALARM_TOLERANCE:.0%} is one that holds such a group. *Error among "
+            f"accepted*: the realised risk of the crops decided alone (target ≤ {risk:.0%}); *set "
+            f"holds the label*: class-conditional LAC at α = {PREDICT_ALPHA:g} (target {1 - PREDICT_ALPHA:g}).", ""] + md_table(table)
+
+
 def shifts(r: Report) -> list[str]:
     m = r.metrics
     table = fg.shift_table(m[m["setting"] == r.setting] if "setting" in m else m)
@@ -1021,7 +1069,9 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Confusion matrices", confusion), ("Training curves", training),
     ("Calibration", calibration), ("MC-dropout", mc_dropout),
     ("Selective prediction", selective), ("Conformal prediction", conformal),
-    ("Out-of-distribution detection", ood), ("Accuracy under distribution shift", shifts),
+    ("Out-of-distribution detection", ood),
+    ("Confidence index by acquisition group", by_group),
+    ("Accuracy under distribution shift", shifts),
     ("Neural head vs random-forest head", rf_head), ("Significant comparisons", comparisons),
     ("Most confident errors", gallery), ("Grad-CAM", gradcam),
     ("Grouped vs random split", random_split),
