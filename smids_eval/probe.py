@@ -22,6 +22,7 @@ from .config import Profile
 from .device import Runtime, compute_threads, resolve_runtime
 from .evaluate import evaluate_fold, fit_confidence_artifacts
 from .evaluate.descriptors import IMAGE_STAT_NAMES, block_moments_width
+from .evaluate.ood import DescriptorDistance
 from .features import extract_prefix
 from .models import build_vgg19
 from .outputs import ModelOutputs
@@ -149,14 +150,15 @@ def measure_evaluation(profile: Profile, sizes: EvalSizes) -> EvalRates:
         t0 = time.perf_counter()
         row = evaluate_fold(train, val, test, ood_sets=ood, shifted=shifted, graded=graded,
                             config=e, batch_keys={})
-        fit_confidence_artifacts(train, val, e, temperature=row["cal_temperature"])
+        fit_confidence_artifacts(train, val, e, temperature=row["cal_temperature"]).apply(test)
         return time.perf_counter() - t0
 
     # a forest on features whose labels depend on them (random labels grow deeper trees)
     n, trees = 512, 10
     x = rng.normal(size=(n, 512)).astype(np.float32)
     y = np.argmax(x[:, :3] + 0.5 * rng.normal(size=(n, 3)), axis=1)
-    with compute_threads(profile.train.cpu_threads):   # as each fold computation runs
+    # threads as each fold computation runs; the probe's fits do not take the run's memo slots
+    with compute_threads(profile.train.cpu_threads), DescriptorDistance.memo_apart():
         arm()   # the second arm of a fold is timed: the acquisition detectors' fits are shared
         arm_s = arm()
         t0 = time.perf_counter()

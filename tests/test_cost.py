@@ -126,7 +126,7 @@ def test_trial_budget_is_the_one_rule_for_study_and_plan(unfrozen, trials, expec
     assert trial_budget(TuneConfig(trials_unfrozen=2, unfrozen_inner_folds=0), None, True, 3) == (2, 3)
 
 
-def test_evaluation_probe_times_an_arms_metrics_and_a_forest_and_leaves_the_rngs_alone():
+def test_evaluation_probe_times_an_arms_metrics_and_a_forest_and_leaves_rngs_and_memo_alone():
     """The plan's evaluation rates come from the real metrics code on random outputs of the
     run's sizes; like every probe it changes no run's numbers."""
     import numpy as np
@@ -138,7 +138,13 @@ def test_evaluation_probe_times_an_arms_metrics_and_a_forest_and_leaves_the_rngs
     worst = max(profile.evaluate.ood_severities)
     sizes = EvalSizes(train=80, val=40, test=40, far={"noise": 10},
                       shifted={f"gaussian_blur_s{worst}": 12, "gaussian_blur_s1": 12})
+    from smids_eval.evaluate.ood import DescriptorDistance
+
+    memo = DescriptorDistance._fitted
+    memo_before = list(memo)
     rates = measure_evaluation(profile, sizes)
     assert rates.arm_s > 0 and rates.forest_s > 0
+    # the probe's random fits are not left in the run's acquisition-detector memo
+    assert DescriptorDistance._fitted is memo and list(memo) == memo_before
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state)

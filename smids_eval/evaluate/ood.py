@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -172,6 +173,16 @@ class DescriptorDistance(Detector):
     _fitted: ClassVar[OrderedDict] = OrderedDict()
     FITTED_KEPT = 64
 
+    @classmethod
+    @contextmanager
+    def memo_apart(cls):
+        """Fits made inside stay out of the run's memo (the ETA probe's random outputs)."""
+        saved, cls._fitted = cls._fitted, OrderedDict()
+        try:
+            yield
+        finally:
+            cls._fitted = saved
+
     def fit(self, train, val):
         if train is None:
             raise ValueError(f"{type(self).__name__} needs training outputs")
@@ -209,13 +220,13 @@ class DescriptorDistance(Detector):
 
 
 def _content_key(*parts) -> str:
-    """A digest of arrays and scalars (what a fit saw), for ``DescriptorDistance``'s memo."""
+    """A digest of arrays (numeric or ``str``: groups arrive as ``str``) and scalars (what a fit
+    saw), for ``DescriptorDistance``'s memo."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
             h.update(f"{part.dtype}{part.shape}".encode())
-            h.update(np.ascontiguousarray(part).tobytes() if part.dtype != object
-                     else "\n".join(map(str, part)).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
         else:
             h.update(repr(part).encode())
         h.update(b"|")
