@@ -22,6 +22,10 @@ from .faults import fault_point
 REFERENCE_GFLOPS = 700.0
 TARGET_S = 1800.0
 
+#: the stages a benchmark times after its main study, in the main study's timer
+RANDOM_SPLIT, SENSITIVITY, THROUGHPUT, REPORT = "random_split", "sensitivity", "throughput", "report"
+LATER_STAGES = (RANDOM_SPLIT, SENSITIVITY, THROUGHPUT, REPORT)
+
 
 class StageTimer:
     """Wall seconds per named stage, and the wall time since the timer was made.
@@ -118,13 +122,17 @@ class RunCost:
         }
 
 
-def benchmark_record(record: dict, main_study: dict | None) -> dict:
+def benchmark_record(record: dict, main_study: dict | None,
+                     end_peak_gflops: float | None = None) -> dict:
     """A benchmark's ``timings.json``: ``record`` (``RunCost.record``) covers the whole job, since
     the benchmark's timer is the main study's, kept running through the stages after it; it is
     marked ``"scope": "benchmark"`` and carries under ``main_study`` the main study's own wall,
     normalised cost and stages (from ``main_study``, the record the study wrote at its end; left
-    out when it wrote none). A study's own ``timings.json`` has neither key."""
+    out when it wrote none), and ``bf16_peak_end_gflops``, the peak measured again at the end.
+    A study's own ``timings.json`` has none of these keys."""
     out = dict(record, scope="benchmark")
+    if end_peak_gflops is not None:   # a shared host drifts: the start's peak alone can mislead
+        out["bf16_peak_end_gflops"] = round(end_peak_gflops, 1)
     if main_study:
         out["main_study"] = {key: main_study.get(key)
                              for key in ("wall_s", "normalised_wall_s", "stages_s")}

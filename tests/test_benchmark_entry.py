@@ -53,6 +53,7 @@ def test_benchmark_entry_writes_every_report_section_and_figure(tmp_path, capsys
     # the main study's figures (what the study wrote at its end) labelled beside the whole
     main = timings["main_study"]
     assert timings["scope"] == "benchmark" and main["wall_s"] < timings["wall_s"]
+    assert timings["bf16_peak_end_gflops"] > 0   # measured again at the end
     assert set(timings["stages_s"]) - set(main["stages_s"]) == {"random_split", "report"}
     cost = report.split("## Cost of this run", 1)[1]
     wall = timings["wall_s"]

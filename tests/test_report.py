@@ -195,9 +195,8 @@ def test_cost_is_the_studys_and_after_a_benchmark_the_whole_jobs_beside_its_main
     (twins, throughput, the report itself) in the main study's timer: its timings.json is then the
     whole job's, and the report's cost section, re-written, shows that whole with the main
     study's figures labelled as such; the rest of the report stays as written."""
-    from smids_eval.benchmark import LATER_STAGES
     from smids_eval.report.markdown import render, rewrite_cost
-    from smids_eval.timing import RunCost, StageTimer, benchmark_record
+    from smids_eval.timing import LATER_STAGES, RunCost, StageTimer, benchmark_record
 
     run = Path(shutil.copytree(study[0], tmp_path / study[0].name))
     text = build_report(run).read_text()
@@ -215,7 +214,7 @@ def test_cost_is_the_studys_and_after_a_benchmark_the_whole_jobs_beside_its_main
     for name, seconds in zip(LATER_STAGES, (200.0, 50.0, 60.0, 40.0), strict=True):
         with timer.stage(name):
             now[0] += seconds
-    RunFolder(run).write_timings(benchmark_record(cost.record(), main))
+    RunFolder(run).write_timings(benchmark_record(cost.record(), main, end_peak_gflops=612.34))
     assert rewrite_cost(run) == RunFolder(run).report
     after = RunFolder(run).report.read_text()
     head = text.split("## Cost of this run")[0]
@@ -225,6 +224,7 @@ def test_cost_is_the_studys_and_after_a_benchmark_the_whole_jobs_beside_its_main
             "random_split, sensitivity, throughput, report") in whole
     assert "(wall × min(peak, 700) / 700 GFLOP/s)**: 880.0 s (target ≤ 1800.0 s)" in whole
     assert "**main study**: 23.5 min (1410 s) wall, normalised 705.0 s" in whole
+    assert "**bf16 matmul peak at the start**: 350.0 GFLOP/s; at the end 612.3 GFLOP/s" in whole
     rows = [line for line in whole.splitlines() if line.startswith("| main study")
             or line.startswith("| after the main study")]
     assert [row.split("|")[1:3] for row in rows] == [

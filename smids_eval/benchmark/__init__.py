@@ -29,18 +29,24 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..device import measure_bf16_peak
 from ..layout import source_root
 from ..plan import StudyPlan, plan_study
 from ..reproduction import check_reproduction, summary_line
 from ..study import StudyResult, prepare, run_prepared
 from ..study_config import StudyConfig
-from ..timing import RunCost, StageTimer, benchmark_record
+from ..timing import (
+    RANDOM_SPLIT,
+    REPORT,
+    SENSITIVITY,
+    THROUGHPUT,
+    RunCost,
+    StageTimer,
+    benchmark_record,
+)
 
 log = logging.getLogger("smids_eval.benchmark")
 
-#: the stages the benchmark times after its main study, in the main study's timer
-RANDOM_SPLIT, SENSITIVITY, THROUGHPUT, REPORT = "random_split", "sensitivity", "throughput", "report"
-LATER_STAGES = (RANDOM_SPLIT, SENSITIVITY, THROUGHPUT, REPORT)
 
 
 @dataclass
@@ -150,7 +156,8 @@ def run_benchmark(config: StudyConfig, throughput: bool = True, report: bool = T
         record = check_reproduction(done.run.root)
         if record is not None:
             log.info(summary_line(record))
-    study.run.write_timings(benchmark_record(cost.record(), study.timings))
+    end_peak = measure_bf16_peak(cost.device) if cost.device is not None else None
+    study.run.write_timings(benchmark_record(cost.record(), study.timings, end_peak))
     if published:   # written before the later stages ended: its cost is the whole job's now
         rewrite_cost(study.run.root)
     minutes = timer.wall() / 60

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..evaluate.selective import pct_tag
 from ..io import write_text
 from ..metric_names import HELD_OUT, column, qualified
 from ..run_folder import RunFolder, folds_table
-from ..timing import normalised_wall
+from ..timing import LATER_STAGES, normalised_wall
 from ..toml import load_toml
 from . import figures as fg
 from .glance import at_a_glance, limits
@@ -1008,8 +1007,6 @@ def main_study_cost(timings: dict) -> tuple[dict | None, list[str]]:
     normalised cost and stages, and the names of the stages after it; (None, []) for a study's
     own. A file from before the benchmark recorded ``main_study`` is told by its later stages'
     names, and its main study's wall is the whole less those stages (``approximate``)."""
-    from ..benchmark import LATER_STAGES  # here: the benchmark imports this module
-
     stages = timings.get("stages_s", {})
     main = timings.get("main_study")
     if main:
@@ -1049,7 +1046,10 @@ def cost(r: Report) -> list[str]:
               ("peak RSS", f"{fmt(timings.get('peak_rss_mb', float('nan')) / 1024, 2)} GB (self), "
                            f"{fmt(timings.get('peak_rss_children_mb', float('nan')) / 1024, 2)} GB "
                            f"(child processes)"),
-              ("bf16 matmul peak at the start", f"{timings.get('bf16_peak_gflops')} GFLOP/s")]
+              ("bf16 matmul peak at the start", f"{timings.get('bf16_peak_gflops')} GFLOP/s"
+               + (f"; at the end {timings['bf16_peak_end_gflops']} GFLOP/s (the normalised cost "
+                  f"reads the start's; a host shared with other jobs drifts)"
+                  if timings.get("bf16_peak_end_gflops") is not None else ""))]
     by_time = sorted(timings.get("stages_s", {}).items(), key=lambda kv: -kv[1])
     if main is None:
         stages = pd.DataFrame(by_time, columns=["stage", "seconds"])
@@ -1106,15 +1106,15 @@ def rewrite_cost(run_dir) -> Path | None:
     run = RunFolder(Path(run_dir))
     title, section = next((t, f) for t, f in SECTIONS if f is cost)
     try:
-        text = run.report.read_text(encoding="utf-8")
-        head = re.search(rf"^## {re.escape(title)}$", text, re.M)
-        if head is None:
+        lines = run.report.read_text(encoding="utf-8").split("\n")
+        if f"## {title}" not in lines:
             log.warning("%s has no %r section: its cost is in %s", run.report, title, run.timings)
             return None
-        nxt = re.compile(r"^## ", re.M).search(text, head.end())
-        lines = "\n".join(_section(Report(run=run), title, section))
-        lines = lines + "\n" if nxt else lines.rstrip() + "\n"
-        write_text(run.report, text[:head.start()] + lines + (text[nxt.start():] if nxt else ""))
+        start = lines.index(f"## {title}")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        text = "\n".join(lines[:start] + _section(Report(run=run), title, section) + lines[end:])
+        write_text(run.report, text if end < len(lines) else text.rstrip() + "\n")
     except (OSError, OutputError) as exc:
         log.error("the cost in %s not re-written (%s); the whole job's is in %s", run.report,
                   exc, run.timings)
