@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from smids_eval.report.markdown import md_table
+from smids_eval.report.markdown import FALSE_ALARM_TOLERANCE, md_table
 from smids_eval.run_folder import folds_table
 
 FLAGGED = "ood_{}_in_distribution_flagged"
@@ -35,7 +35,8 @@ def targets(folds: pd.DataFrame, alpha: float = 0.1, risk: float = 0.05) -> pd.D
     held = folds.get(FLAGGED.format("heldout"))
     if held is not None:
         add("held-out folds called in-distribution (min over fold rows)",
-            f"{1 - held.max():.3f} (mean {1 - held.mean():.3f})", ">= 0.90", 1 - held.max() >= 0.9)
+            f"{1 - held.max():.3f} (mean {1 - held.mean():.3f})",
+            f">= {1 - FALSE_ALARM_TOLERANCE:.2f}", held.max() <= FALSE_ALARM_TOLERANCE)
     labs = [c for c in folds if c.startswith("ood_lab_") and c.endswith("_in_distribution_flagged")]
     for c in labs:
         add(f"{c[4:-24]} flagged (min over fold rows)", f"{folds[c].min():.3f}", ">= 0.95",

@@ -48,7 +48,6 @@ from ..timing import (
 log = logging.getLogger("smids_eval.benchmark")
 
 
-
 @dataclass
 class BenchmarkResult:
     study: StudyResult
