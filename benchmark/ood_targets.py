@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from smids_eval.data.classes import SLUGS
 from smids_eval.report.markdown import FALSE_ALARM_TOLERANCE, md_table
 from smids_eval.run_folder import folds_table
 
@@ -52,12 +53,14 @@ def targets(folds: pd.DataFrame, alpha: float = 0.1, risk: float = 0.05) -> pd.D
         add(f"fold rows with realised selective risk <= {risk:.0%} (none accepted counts as ok)",
             f"{ok:.3f} of {len(folds)} (worst {realised.max():.3f}, "
             f"{int(realised.isna().sum())} rows accept nothing)", ">= 0.90", ok >= 0.9)
-    per_class = [c for c in folds if c.startswith("cp_lac_mondrian_coverage_")
-                 and c.endswith(f"_a{alpha:g}") and c != f"cp_lac_mondrian_coverage_a{alpha:g}"]
-    for c in per_class:
-        gap = abs(folds[c].mean() - (1 - alpha))
-        add(f"Mondrian LAC coverage, {c[25:-len(f'_a{alpha:g}') ]} (mean)",
-            f"{folds[c].mean():.3f}", f"within 0.03 of {1 - alpha:.2f}", gap <= 0.03)
+    for method, label in (("lac_mondrian", "Mondrian LAC"),
+                          ("lac_mondrian_newgroups", "Mondrian LAC, new-group calibrated (predict's)")):
+        for slug in SLUGS:
+            c = f"cp_{method}_coverage_{slug}_a{alpha:g}"
+            if c in folds:
+                gap = abs(folds[c].mean() - (1 - alpha))
+                add(f"{label} coverage, {slug} (mean)", f"{folds[c].mean():.3f}",
+                    f"within 0.03 of {1 - alpha:.2f}", gap <= 0.03)
     if "batch_heldout_false_alarm" in folds:
         n = folds["batch_heldout_batches"].sum()
         rate = np.nansum(folds["batch_heldout_false_alarm"] * folds["batch_heldout_batches"]) / max(n, 1)

@@ -9,7 +9,12 @@ from scipy.special import softmax
 
 from smids_eval.config import EvalConfig
 from smids_eval.evaluate import SCORERS
-from smids_eval.evaluate.conformal import ConformalPredictor, ConformalScorer, conformal_quantile
+from smids_eval.evaluate.conformal import (
+    ConformalPredictor,
+    ConformalScorer,
+    conformal_quantile,
+    new_group_quantile,
+)
 from smids_eval.evaluate.selective import coverage_at_risk, risk_controlling_threshold
 from smids_eval.outputs import ModelOutputs
 
@@ -123,12 +128,69 @@ def test_conformal_scorer_per_class_and_group_keys():
     rng = np.random.default_rng(1)
     val, test = mixed_difficulty(500, rng), mixed_difficulty(500, rng)
     test = ModelOutputs(test.logits, test.features, test.labels, groups=np.arange(500) % 7)
+    assert not any("newgroups" in k for k in ConformalScorer(alphas=(0.1,)).fit(None, val)
+                   .score(test))  # validation without groups: no new-group calibration
+    val = ModelOutputs(val.logits, val.features, val.labels, groups=np.arange(500) % 5)
     res = ConformalScorer(alphas=(0.1,)).fit(None, val).score(test)
-    for prefix in ("cp_lac", "cp_aps", "cp_lac_mondrian", "cp_aps_mondrian"):
+    for prefix in ("cp_lac", "cp_aps", "cp_lac_mondrian", "cp_aps_mondrian", "cp_lac_newgroups",
+                   "cp_lac_mondrian_newgroups"):
         for metric in ("coverage", "set_size", "coverage_normal_sperm", "coverage_non_sperm",
                        "min_group_coverage"):
             assert np.isfinite(res[f"{prefix}_{metric}_a0.1"]), (prefix, metric)
         assert res[f"{prefix}_min_group_coverage_a0.1"] <= res[f"{prefix}_coverage_a0.1"]
+
+
+def acquisition_groups(k, n, rng, first=0):
+    """``k`` groups of ``n`` crops (classes as ``mixed_difficulty``) whose acquisition scales
+    every class's separation by its own lognormal factor: crops of a group share it."""
+    z, y, g = [], [], []
+    for group in range(first, first + k):
+        labels = rng.integers(0, 3, n)
+        logits = rng.normal(size=(n, 3))
+        logits[np.arange(n), labels] += np.array([4.0, 2.0, 1.0])[labels] * rng.lognormal(0, 0.6)
+        z.append(logits), y.append(labels), g.append(np.full(n, group))
+    z = np.concatenate(z)
+    return ModelOutputs(logits=z, features=z, labels=np.concatenate(y), groups=np.concatenate(g))
+
+
+def test_new_group_calibration_covers_new_groups_where_the_exchangeable_rank_undercovers():
+    """Validation of 5 acquisition groups, test on 4 new ones (a fold of the real copy): the
+    exchangeable class-conditional rank under-covers the new groups; the new-group rank
+    reaches 1 - alpha in every class (averaged over 150 draws)."""
+    alpha, cov = 0.1, {False: [], True: []}
+    for seed in range(150):
+        rng = np.random.default_rng(seed)
+        val, test = acquisition_groups(5, 150, rng), acquisition_groups(4, 150, rng, first=10)
+        for new_groups in cov:
+            sets = ConformalPredictor("lac", (alpha,), True, new_groups)\
+                .fit(val.probs, val.labels, val.groups).predict_sets(test.probs, alpha)
+            hit = sets[np.arange(len(test)), test.labels]
+            cov[new_groups].append([hit[test.labels == k].mean() for k in range(3)])
+    exchangeable, new_groups = np.mean(cov[False], 0), np.mean(cov[True], 0)
+    assert exchangeable.min() < 1 - alpha - 0.02
+    assert (new_groups >= 1 - alpha - 0.01).all()
+
+
+def test_new_group_quantile_hand_cases():
+    rng = np.random.default_rng(0)
+    scores = rng.random(40)
+    # one group: the exchangeable rank; never below it; every group covered: the same rank
+    assert new_group_quantile(scores, np.zeros(40), 0.1) == conformal_quantile(scores, 0.1)
+    for groups in (np.arange(40) % 4, np.arange(40) // 10):
+        assert new_group_quantile(scores, groups, 0.1) >= conformal_quantile(scores, 0.1)
+    # group 1 scores above group 0: group 0's scores cover none of it at any rank below the
+    # top, so the threshold climbs to the largest score (the exchangeable rank: the 37th)
+    low, high = np.linspace(0, 0.4, 20), np.linspace(0.6, 1, 20)
+    groups = np.r_[np.zeros(20), np.ones(20)]
+    assert new_group_quantile(np.r_[low, high], groups, 0.1) == 1.0
+    assert conformal_quantile(np.r_[low, high], 0.1) == high[16]
+    assert new_group_quantile(scores[:5], np.arange(5) % 2, 0.1) == math.inf  # rank 6 of 5
+    # three groups of the same scores: LOGO coverage at rank k is that of the same scores;
+    # 10 / 11 of each group -> rank 10 of 30 -> the exchangeable rank already covers
+    same = np.tile(np.arange(1, 11) / 10, 3)
+    assert new_group_quantile(same, np.repeat([0, 1, 2], 10), 0.1) == conformal_quantile(same, 0.1)
+    with pytest.raises(ValueError, match="groups"):
+        ConformalPredictor("lac", (0.1,), new_groups=True).fit(np.eye(3), np.arange(3))
 
 
 def outputs(n, classes, rng, mc=False):

@@ -111,7 +111,8 @@ def batch_shift_keys(test_batch, test: ModelOutputs, ood_sets: dict[str, ModelOu
     return res
 
 
-#: miscoverage of the conformal set ``predict`` reports per crop (class-conditional LAC)
+#: miscoverage of the conformal set ``predict`` reports per crop (class-conditional LAC,
+#: calibrated for new acquisition groups: ``conformal.new_group_quantile``)
 PREDICT_ALPHA = 0.1
 
 #: why ``decision`` is ``refer``, in the order they are checked ("" for accepted crops)
@@ -144,7 +145,7 @@ class ConfidenceArtifacts:
     def apply(self, outputs: ModelOutputs) -> pd.DataFrame:
         """One row per image: predicted_class, prob_<slug>, max_prob, mc_mi (NaN without MC),
         ood_score (>= 0 iff in-distribution), in_distribution, conformal_set (class-conditional
-        LAC), confident, decision, refer_reason."""
+        LAC calibrated for new acquisition groups), confident, decision, refer_reason."""
         cal = scaled(outputs, self.temperature)
         probs = cal.probs
         ood_score = self.detector.score(outputs)
@@ -172,7 +173,7 @@ def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, conf
                              batch_test=None) -> ConfidenceArtifacts:
     """Temperature, the in-distribution rule (``config``'s acquisition and semantic detectors,
     thresholds keeping ``acquisition_keep`` / ``semantic_keep`` of validation), class-conditional conformal LAC at
-    ``alpha``, the risk-controlling selective threshold and the batch shift test, all fitted on
+    ``alpha`` (calibrated for new acquisition groups when validation has groups), the risk-controlling selective threshold and the batch shift test, all fitted on
     this fold's train/val outputs (never on the held-out fold).
 
     ``temperature``: the fold's already fitted temperature (``evaluate_fold``'s
@@ -186,7 +187,9 @@ def fit_confidence_artifacts(train: ModelOutputs | None, val: ModelOutputs, conf
     rule = InDistribution(config.acquisition_keep, config.semantic_keep,
                           config.acquisition_detector, config.semantic_detector).fit(train if train is not None else val, val)
     alphas = tuple(sorted({alpha, *config.conformal_alphas}))
-    conformal = ConformalPredictor("lac", alphas, mondrian=True).fit(cal_val.probs, val.labels)
+    conformal = ConformalPredictor("lac", alphas, mondrian=True,
+                                   new_groups=val.groups is not None).fit(cal_val.probs, val.labels,
+                                                                          val.groups)
     correct = cal_val.probs.argmax(1) == val.labels
     _, threshold = risk_controlling_threshold(cal_val.probs.max(1), correct, config.risk_target,
                                               config.risk_delta)

@@ -15,7 +15,9 @@ fold's validation images (never its test fold):
   fitted on training + validation images, threshold from leave-one-group-out scores) and
   97.5% of validation images (semantic detector); the detectors and shares are set in the profile's [evaluate] section
   (``acquisition_detector``, ``semantic_detector``, ``acquisition_keep``, ``semantic_keep``);
-* class-conditional (Mondrian) conformal LAC sets at alpha = 0.1;
+* class-conditional (Mondrian) conformal LAC sets at alpha = 0.1, calibrated for new acquisition
+  groups (the rank is raised until the leave-one-group-out coverage of the validation groups
+  reaches 90%: a new slide is a new group, not more crops of the validation ones);
 * the acceptance threshold on the calibrated max probability: the lowest one whose
   Clopper-Pearson upper bound on the validation error rate stays <= risk_target (5%) at
   confidence 1 - risk_delta (90%), tested in fixed sequence (Learn-then-Test), so the error rate
