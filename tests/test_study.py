@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from smids_eval import CLASSES, StudyConfig, run_study
 from smids_eval.cli import module_main
@@ -397,6 +398,23 @@ RENAMED = {"cal_ace": "cal_ace_equal_width", "cal_ace_ts": "cal_ace_equal_width_
 #: its own subsample (issue 13: copies made once for every repeat)
 REDEFINED = re.compile(r"sel_val_thr_.*|cp_.*|ood_.*_aupr_(in|out)|mc_(nll|ece)(_delta)?"
                        rf"|shift_.*|ood_({'|'.join(SHIFTS)})_s\d_.*")
+#: the golden run was made on a CPU with AMX tiles. Without them (AVX512-BF16 only, e.g. an AMD
+#: EPYC host) oneDNN's bf16 kernels round differently, which moves logits in their last bf16
+#: bits: there the decisions (argmax metrics) must still be identical, and the columns that read
+#: probabilities beyond the argmax equal up to that rounding: smooth ones within 2e-3, rank and
+#: threshold ones within one step of the smallest set (8 far-OOD images: 0.125)
+GOLDEN_HOST = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+HOST_ROUNDED = {re.compile(r"cls_(nll|brier)|cal_.*|mc_(mi|entropy|std)_mean"): 2e-3,
+                re.compile(r"cls_auroc.*|sel_aurc_.*|ood_.*_(auroc|fpr95)|mc_accuracy.*"): 0.13}
+
+
+def golden_atol(column: str) -> float:
+    """How far a fresh column may be from the golden one on this host."""
+    if not GOLDEN_HOST:
+        for pattern, atol in HOST_ROUNDED.items():
+            if pattern.fullmatch(column):
+                return atol
+    return 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -413,7 +431,8 @@ def golden_run(tmp_path_factory, cache_dir):
 def test_folds_equal_the_pre_refactor_golden_run(golden_run, finished_run):
     """The tiny study (F.1 + A.0, seed 3) written by the code before the study API refactor:
     every number of every neural row must be unchanged, except what issue 9 renamed
-    (``RENAMED``) or redefined on purpose (``REDEFINED``). With F.1's small-map convolution,
+    (``RENAMED``) or redefined on purpose (``REDEFINED``) (on a host without AMX, up to its
+    bf16 rounding: ``golden_atol``). With F.1's small-map convolution,
     A.0's rows are still the same and F.1's differ (the switch does act)."""
     run = golden_run
     golden, fresh = pd.read_csv(GOLDEN), pd.read_csv(RunFolder(run).folds_csv)
@@ -426,8 +445,8 @@ def test_folds_equal_the_pre_refactor_golden_run(golden_run, finished_run):
     for col in numeric:
         rows = neural if col not in RF_COMPARED else slice(None)
         np.testing.assert_allclose(fresh.loc[rows, RENAMED.get(col, col)].to_numpy(float),
-                                   golden.loc[rows, col].to_numpy(float), rtol=1e-9, atol=1e-12,
-                                   err_msg=col)
+                                   golden.loc[rows, col].to_numpy(float), rtol=1e-9,
+                                   atol=golden_atol(col), err_msg=col)
     for col in ["hp_optimizer", "variant", "setting", "run_weights", "run_grouping"]:
         assert fresh[col].fillna("").astype(str).equals(golden[col].fillna("").astype(str)), col
     fast = pd.read_csv(RunFolder(finished_run[1]).folds_csv)
