@@ -8,8 +8,10 @@
 * one F.1 training step (block 5 + head on cached 4×4 activations, one thread) with
   ``models.SmallMapConv2d`` vs oneDNN's convolution.
 
-Targets (2-core AVX512-BF16 CPU), asserted here: fast 224 px extraction ≥ 50 % of the bf16
-matmul peak; cached F.0 epoch ≥ 20x faster than the uncached loop; F.1 step ≥ 1.5x faster with
+FLOPs are counted on the network (``models.conv_flops``: 2 × multiply-adds, the unit of the
+peak's 2·n³). Targets (2-core AVX512-BF16 CPU), asserted here: eager fast 224 px extraction
+≥ 60 % of the bf16 matmul peak (oneDNN's 3×3 convolutions can beat the square product that
+measures the peak, so a fraction above 1 is possible); cached F.0 epoch ≥ 20x faster than the uncached loop; F.1 step ≥ 1.5x faster with
 the small-map convolution (recorded in ``extra_info``).
 ``SMIDS_BENCH_DEVICE=cuda`` runs the same suite on a GPU (benchmark/gpu_check.sh).
 """
@@ -25,13 +27,13 @@ import torch
 from smids_eval.config import Profile
 from smids_eval.device import compiled, measure_bf16_peak, resolve_runtime
 from smids_eval.engine import Engine
-from smids_eval.models import FLOPS_224, build_vgg19
+from smids_eval.models import build_vgg19, conv_flops
 from smids_eval.train import Hyper
 from smids_eval.variants import get_variant
 
 RESULTS: dict[str, float] = {}
 DEVICE = os.environ.get("SMIDS_BENCH_DEVICE", "cpu")
-PEAK_FRACTION_TARGET = 0.5
+PEAK_FRACTION_TARGET = 0.6
 CACHE_SPEEDUP_TARGET = 20.0
 
 
@@ -71,6 +73,7 @@ def test_feature_extraction(benchmark, bf16_peak, path, size):
     prefix = build_vgg19(3, unfreeze_blocks=0, size=size).prefix.eval()
     prefix.to(runtime.device, memory_format=runtime.memory_format)
     prefix = compiled(prefix, runtime)
+    flops = conv_flops(prefix, 3, size)   # 2 × multiply-adds, as the peak counts them
     x = runtime.to_device(torch.rand(BATCH[size], 3, size, size))
 
     def run():
@@ -80,18 +83,14 @@ def test_feature_extraction(benchmark, bf16_peak, path, size):
 
     benchmark.pedantic(run, rounds=2, warmup_rounds=2 if compile_ else 1)
     img_s = BATCH[size] / benchmark.stats.stats.min
-    gflops = img_s * FLOPS_224 * (size / 224) ** 2 / 1e9
+    gflops = img_s * flops / 1e9
     fraction = gflops * 1e9 / bf16_peak
     benchmark.extra_info.update(img_per_s=round(img_s, 2), gflops=round(gflops, 1),
                                 fraction_of_bf16_peak=round(fraction, 3), device=DEVICE)
-    if size == 224 and path != "naive_fp32_nchw":
-        RESULTS[path] = fraction
-    if path == "compiled_bf16_channels_last":  # runs after the eager fast path at 224 px
-        best = max(RESULTS.get("fast_bf16_channels_last", 0.0), fraction)
-        benchmark.extra_info.update(target_fraction=PEAK_FRACTION_TARGET,
-                                    best_fast_fraction=round(best, 3))
-        assert best >= PEAK_FRACTION_TARGET, (
-            f"fast paths at 224 px reached {best:.0%} of the bf16 matmul peak "
+    if size == 224 and path == "fast_bf16_channels_last":   # the default (eager) path
+        benchmark.extra_info["target_fraction"] = PEAK_FRACTION_TARGET
+        assert fraction >= PEAK_FRACTION_TARGET, (
+            f"eager fast path at 224 px reached {fraction:.0%} of the bf16 matmul peak "
             f"(target {PEAK_FRACTION_TARGET:.0%})")
 
 

@@ -31,7 +31,6 @@ GREY_STD = sum(w * s for w, s in zip(LUMA, IMAGENET_STD, strict=True))
 
 #: torchvision ``cfgs["E"]`` (VGG19) split into its five blocks (each ends with a max-pool).
 VGG19_BLOCKS = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
-FLOPS_224 = 19.6e9  # multiply-adds x2 of VGG19 features on one 224 px image
 
 
 def scaled(channels: int, width: float) -> int:
@@ -131,6 +130,33 @@ class VGG19Variant(nn.Module):
 
     def conv_layers(self) -> list[nn.Conv2d]:
         return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+
+
+def conv_flops(module: nn.Module, in_channels: int, size: int) -> int:
+    """FLOPs of ``module``'s convolutions on one ``size``×``size`` image, counted on a forward
+    pass: 2 × multiply-adds, the unit of the bf16 matmul peak (2·n³ per n×n product).
+
+    Published "GFLOPs" of VGG19 (19.6 at 224 px, torchvision's table) count multiply-adds once;
+    a fraction of the matmul peak taken with them reads half the true one.
+    """
+    total = 0
+
+    def count(conv: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = conv.kernel_size
+        total += 2 * output.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        param = next(module.parameters(), None)
+        x = torch.zeros(1, in_channels, size, size,
+                        device=param.device if param is not None else "cpu")
+        with torch.inference_mode():
+            module(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 class SmallMapConv2d(nn.Conv2d):

@@ -8,7 +8,15 @@ from tiny_vgg import SIZE, WIDTH
 from torch import nn
 
 from smids_eval.errors import ConfigError
-from smids_eval.models import GREY_MEAN, SmallMapConv2d, build_vgg19, vgg19_features
+from smids_eval.models import (
+    GREY_MEAN,
+    VGG19_BLOCKS,
+    SmallMapConv2d,
+    build_vgg19,
+    conv_flops,
+    scaled,
+    vgg19_features,
+)
 from smids_eval.weights import expected_shapes, load_weights_file, resolve_weights
 
 
@@ -136,3 +144,20 @@ def test_only_the_trainable_blocks_use_the_small_map_convolution():
     assert not any(isinstance(m, SmallMapConv2d) for m in reference.modules())
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-4)
+
+
+def test_conv_flops_counts_two_per_multiply_add_at_every_size_and_width():
+    """VGG19 features at 224 px: 19.5 G multiply-adds (torchvision's "19.63 GFLOPS" counts them
+    once), so 39.0 GFLOP in the unit of the matmul peak; the count follows size² and width²."""
+    full = build_vgg19(3, unfreeze_blocks=0, size=224).prefix
+    assert conv_flops(full, 3, 224) == pytest.approx(39.0e9, rel=0.01)
+    assert conv_flops(full, 3, 112) == conv_flops(full, 3, 224) // 4
+    narrow = build_vgg19(1, unfreeze_blocks=0, size=64, width=0.25).prefix
+    macs = 0
+    c_in, side = 1, 64
+    for block in VGG19_BLOCKS:
+        for c in block:
+            macs += side * side * c_in * scaled(c, 0.25) * 9
+            c_in = scaled(c, 0.25)
+        side //= 2
+    assert conv_flops(narrow, 1, 64) == 2 * macs
