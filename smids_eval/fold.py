@@ -17,7 +17,7 @@ from . import CLASSES
 from .claims import Claims
 from .config import load_search_space
 from .data import class_slug
-from .device import compute_threads
+from .device import compute_threads, hardware
 from .engine import Engine
 from .evaluate import batch_shift_keys, evaluate_fold, fit_batch_test, fit_confidence_artifacts
 from .evaluate.descriptors import DESCRIPTORS, DescriptorCache
@@ -147,6 +147,7 @@ class FoldRunner:
             self.far_descriptors = {name: self._describe(f"far:{name}", images)
                                     for name, images in far.items()}
         self.prov = {**ctx.provenance, "run_device": self.engine.runtime.describe(),
+                     "run_hardware": hardware(self.engine.runtime.device),
                      "run_precision": self.engine.runtime.precision,
                      "run_weights": self.engine.weights_id}
 

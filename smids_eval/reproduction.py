@@ -4,12 +4,15 @@
 run folder of the same name (same profile, data fingerprint, folds, seed and split), the fresh
 fold rows are compared with it, printed and recorded in ``RUN/reproduction.json``.
 
-Tolerance (same seed, profile and device type): decisions and everything computed from them
+Tolerance (same seed, profile and hardware, ``run_hardware``: the device type and, on a CPU,
+its bf16 kernel family, ``device.cpu_kind``): decisions and everything computed from them
 exactly (``EXACT``: classification, calibration, conformal, selective, MC-dropout columns,
 |Δ| ≤ 1e-6); OOD, shift and batch columns within ``LOOSE`` = 0.15, because thresholded
 detection rates (FPR95, flagged shares) jump by whole images when a float reduction order
 changes a tie among random-forest or bf16 scores (issue 14 measured up to 0.117 between two
-uninterrupted runs). A different device type or commit is reported, not judged."""
+uninterrupted runs). Different hardware (an AMX host against an AVX512-BF16 one rounds bf16
+products differently) is reported, not judged; a run from before ``run_hardware`` was recorded
+is judged by device type alone."""
 
 from __future__ import annotations
 
@@ -81,6 +84,8 @@ def compare_runs(fresh_root: Path, committed_root: Path) -> dict:
     deltas = column_deltas(fresh, committed)
     over = deltas[deltas["max_abs_delta"] > deltas["tolerance"]]
     device = [_first(f, "run_device").split("/")[0] for f in (fresh, committed)]
+    kinds = [_first(f, "run_hardware") for f in (fresh, committed)]
+    judged = device[0] == device[1] and ("unknown" in kinds or kinds[0] == kinds[1])
     worst = deltas.sort_values("max_abs_delta", ascending=False).head(5)
     fresh_keys, committed_keys = (set(_rows(f).index) for f in (fresh, committed))
     return {
@@ -88,6 +93,7 @@ def compare_runs(fresh_root: Path, committed_root: Path) -> dict:
         "committed_commit": _first(committed, "run_commit"),
         "fresh_commit": _first(fresh, "run_commit"),
         "same_device_type": device[0] == device[1], "device_types": device,
+        "hardware": kinds, "judged": judged,
         "rows_compared": len(fresh_keys & committed_keys),
         "rows_only_fresh": len(fresh_keys - committed_keys),
         "rows_only_committed": len(committed_keys - fresh_keys),
@@ -108,7 +114,9 @@ def summary_line(record: dict) -> str:
     verdict = ("reproduces it within tolerance" if record["within_tolerance"] else
                f"differs beyond tolerance in {len(record['columns_over_tolerance'])} columns "
                f"(e.g. {', '.join(record['columns_over_tolerance'][:3])})")
-    caveat = "" if record["same_device_type"] else (
+    caveat = "" if record["judged"] else (
+        f" (hardware differs: {' vs '.join(record['hardware'])}; not judged)"
+        if record["same_device_type"] else
         f" (device types differ: {' vs '.join(record['device_types'])}; not judged)")
     parts = ", ".join(f"{k} {v:.2g}" for k, v in record["max_abs_delta"].items())
     return (f"reproduction vs {record['committed_run']} (commit {record['committed_commit']}): "

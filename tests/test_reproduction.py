@@ -86,3 +86,18 @@ def test_a_legacy_folds_csv_is_still_found_and_compared(tmp_path):
     # a rewritten table replaces the legacy one
     RunFolder(legacy).write_folds_csv()
     assert folds_table(legacy) == legacy / "folds.csv.gz" and not (legacy / "folds.csv").exists()
+
+
+def test_runs_on_other_hardware_are_compared_but_not_judged(tmp_path):
+    committed = _folds().assign(run_hardware="cpu:amx")
+    fresh = _folds().assign(run_hardware="cpu:avx512_bf16")
+    fresh.loc[0, "cls_macro_f1"] += 0.2          # bf16 rounding of another kernel family
+    a = _run(tmp_path / "runs" / "r", fresh)
+    _run(tmp_path / "results" / "r", committed)
+    record = check_reproduction(a, tmp_path / "results")
+    assert not record["within_tolerance"] and not record["judged"]
+    assert record["hardware"] == ["cpu:avx512_bf16", "cpu:amx"]
+    assert "hardware differs: cpu:avx512_bf16 vs cpu:amx; not judged" in summary_line(record)
+    # same hardware, or a committed run from before run_hardware existed: judged
+    _run(tmp_path / "results2" / "r", committed.drop(columns="run_hardware"))
+    assert check_reproduction(a, tmp_path / "results2")["judged"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from smids_eval import CLASSES, StudyConfig, run_study
 from smids_eval.cli import module_main
+from smids_eval.device import cpu_kind
 from smids_eval.evaluate.shifts import SHIFTS
 from smids_eval.naming import dir_name
 from smids_eval.run_folder import RunFolder, folds_table
@@ -58,7 +58,8 @@ def test_writes_every_file_with_documented_columns(finished_run):
     assert set(folds["variant"]) == {"F.1", "A.0", "F.1+RF", "A.0+RF"}
     assert set(folds.loc[folds.variant == "F.1", "setting"]) == {"specified", "tuned"}
     assert len(folds) == 2 * (2 + 2 + 1 + 1)  # 2 folds × (2 settings × 2 variants + 2 RF rows)
-    provenance = ["run_commit", "run_profile", "run_device", "run_precision", "run_weights",
+    provenance = ["run_commit", "run_profile", "run_device", "run_hardware", "run_precision",
+                  "run_weights",
                   "run_grouping", "run_data_fingerprint", "run_seed"]
     for col in provenance + ["cls_accuracy", "cls_balanced_accuracy", "cls_macro_f1",
                              "cls_recall_abnormal_sperm", "cls_nll", "cls_brier", "cal_ece",
@@ -68,6 +69,7 @@ def test_writes_every_file_with_documented_columns(finished_run):
         assert col in folds, col
         assert folds[col].notna().any(), col
     assert (folds["run_weights"] == "random").all()  # tiny profile: never claimed pretrained
+    assert (folds["run_hardware"] == f"cpu:{cpu_kind()}").all()  # RF rows too
     assert (folds["run_grouping"] == "manifest").all()
     spec = folds[(folds.variant == "F.1") & (folds.setting == "specified")]
     assert (spec["hp_optimizer"] == "adam").all() and np.allclose(spec["hp_learning_rate"], 1e-4)
@@ -403,7 +405,7 @@ REDEFINED = re.compile(r"sel_val_thr_.*|cp_.*|ood_.*_aupr_(in|out)|mc_(nll|ece)(
 #: bits: there the decisions (argmax metrics) must still be identical, and the columns that read
 #: probabilities beyond the argmax equal up to that rounding: smooth ones within 2e-3, rank and
 #: threshold ones within one step of the smallest set (8 far-OOD images: 0.125)
-GOLDEN_HOST = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+GOLDEN_HOST = cpu_kind() == "amx"
 HOST_ROUNDED = {re.compile(r"cls_(nll|brier)|cal_.*|mc_(mi|entropy|std)_mean"): 2e-3,
                 re.compile(r"cls_auroc.*|sel_aurc_.*|ood_.*_(auroc|fpr95)|mc_accuracy.*"): 0.13}
 

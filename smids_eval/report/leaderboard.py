@@ -24,7 +24,8 @@ from .comparisons import KEY_METRIC, held_out_ratio, tied_with_best
 #: identifies one leaderboard row
 KEYS = ["variant", "setting"]
 #: provenance columns copied into every leaderboard row (identical across a run's folds)
-PROVENANCE = ["run", "run_commit", "run_profile", "run_device", "run_precision", "run_weights",
+PROVENANCE = ["run", "run_commit", "run_profile", "run_device", "run_hardware", "run_precision",
+              "run_weights",
               "run_grouping", "run_split", "run_data_source", "run_data_fingerprint", "run_seed"]
 #: the headline metrics, the study's key figure (recall on abnormal cells) first
 HEADLINE = ["cls_recall_abnormal_sperm", "cls_macro_f1", "cls_accuracy", "cls_balanced_accuracy",

@@ -283,6 +283,7 @@ def provenance(r: Report) -> list[str]:
     items = [("run", r.run.root.name), ("commit", first.get("run_commit", "unknown")),
              ("profile", first.get("run_profile", r.config.get("profile", {}).get("name"))),
              ("device", cols.get("run_device", "unknown")),
+             ("hardware", cols.get("run_hardware", "unknown")),
              ("precision", cols.get("run_precision", "unknown")), ("weights", weights_text),
              ("split", first.get("run_split", r.config.get("split"))),
              ("grouping source", first.get("run_grouping", r.config.get("grouping"))),
