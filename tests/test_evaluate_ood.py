@@ -1,12 +1,14 @@
 """OOD metrics on hand-checkable cases and detectors on synthetic smear-like images seen through
 a fixed hand-made feature extractor and a logistic-regression "model"."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from smids_eval.evaluate.descriptors import describe
-from smids_eval.evaluate.ood import DETECTORS, OODScorer, ood_metrics
+from smids_eval.evaluate.ood import DETECTORS, OODScorer, new_group_threshold, ood_metrics
 from smids_eval.evaluate.shifts import apply_shift, shift_key
 from smids_eval.outputs import ModelOutputs
 
@@ -102,3 +104,32 @@ def test_mc_mutual_information_detector_needs_samples(model_and_sets):
     train, val, _, _ = model_and_sets
     with pytest.raises(ValueError, match="mc_probs"):
         DETECTORS["mc_mi"]().fit(train, val)
+
+
+def test_semantic_threshold_keeps_its_share_of_new_acquisition_groups():
+    """Validation crops come in few groups, each shifting the scores by its own offset: the plain
+    validation quantile keeps less than ``keep`` of a new group (the power of this test to fail),
+    the new-group threshold keeps it (means over 200 draws of 5 validation and 20 new groups)."""
+    rng = np.random.default_rng(0)
+    plain, new = [], []
+    for _ in range(200):
+        groups = np.repeat(np.arange(5), 60)
+        val = rng.normal(0, 0.5, 5)[groups] + rng.normal(0, 1, 300)
+        test = rng.normal(0, 0.5, (20, 1)) + rng.normal(0, 1, (20, 60))
+        plain.append((test >= np.quantile(val, 0.025, method="lower")).mean())
+        new.append((test >= new_group_threshold(val, groups, 0.975)).mean())
+    assert np.mean(plain) < 0.970 and np.mean(new) >= 0.972
+
+
+def test_detectors_use_the_new_group_threshold_when_validation_has_groups(model_and_sets):
+    train, val, _, _ = model_and_sets
+    grouped = replace(val, groups=np.arange(len(val)) % 4)
+    for name in ("msp", "knn"):
+        det = DETECTORS[name]().fit(train, grouped)
+        assert det.threshold_ == new_group_threshold(det.score(grouped), grouped.groups, det.keep)
+        plain = DETECTORS[name]().fit(train, val)   # no groups: the validation quantile
+        assert plain.threshold_ == np.quantile(plain.score(val), 0.05, method="lower")
+    # one group, or too few crops for the conformal rank: the plain quantile
+    scores = np.arange(10.0)
+    assert new_group_threshold(scores, np.zeros(10), 0.95) == 0.0
+    assert new_group_threshold(scores, np.arange(10) % 2, 0.975) == 0.0

@@ -13,7 +13,8 @@ fold's validation images (never its test fold):
   semantic detector (default ``knn`` on the head's penultimate features) keep it, at the
   thresholds keeping 95% of new acquisition groups of the training lab (acquisition detector:
   fitted on training + validation images, threshold from leave-one-group-out scores) and
-  97.5% of validation images (semantic detector); the detectors and shares are set in the profile's [evaluate] section
+  97.5% of a new group's validation images (semantic detector: leave-one-group-out over the
+  validation groups, as the conformal sets); the detectors and shares are set in the profile's [evaluate] section
   (``acquisition_detector``, ``semantic_detector``, ``acquisition_keep``, ``semantic_keep``);
 * class-conditional (Mondrian) conformal LAC sets at alpha = 0.1, calibrated for new acquisition
   groups (the rank is raised until the leave-one-group-out coverage of the validation groups

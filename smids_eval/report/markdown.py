@@ -604,7 +604,9 @@ def ood(r: Report) -> list[str]:
            f"the acquisition detector keeps {r.evaluate_setting('acquisition_keep'):.1%} of "
            f"leave-one-group-out scores of the fold's training and validation groups, i.e. of "
            f"new acquisition groups; the semantic one {r.evaluate_setting('semantic_keep'):.1%} "
-           f"of the inner validation split). *Flagged* = share called out of distribution.", ""]
+           f"of a new group of the inner validation split, leave-one-group-out with the groups "
+           f"weighted equally; every semantic detector's threshold is set the same way). "
+           f"*Flagged* = share called out of distribution.", ""]
     flagged = fg.ood_table(tidy, "flagged")
     if FLAG in flagged:
         heldout = pick(tidy, family="ood", set=HELD_OUT, method=FLAG, metric="flagged")
