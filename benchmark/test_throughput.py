@@ -11,8 +11,9 @@
 FLOPs are counted on the network (``models.conv_flops``: 2 × multiply-adds, the unit of the
 peak's 2·n³). Targets (2-core AVX512-BF16 CPU), asserted here: eager fast 224 px extraction
 ≥ 60 % of the bf16 matmul peak (oneDNN's 3×3 convolutions can beat the square product that
-measures the peak, so a fraction above 1 is possible); cached F.0 epoch ≥ 20x faster than the uncached loop; F.1 step ≥ 1.5x faster with
-the small-map convolution (recorded in ``extra_info``).
+measures the peak, so a fraction above 1 is possible); cached F.0 epoch ≥ 20x faster than
+the uncached loop; F.1 step ≥ 1.5x faster with the small-map convolution (recorded in
+``extra_info``).
 ``SMIDS_BENCH_DEVICE=cuda`` runs the same suite on a GPU (benchmark/gpu_check.sh).
 """
 
@@ -72,8 +73,8 @@ def test_feature_extraction(benchmark, bf16_peak, path, size):
     runtime = resolve_runtime(DEVICE, precision, channels_last, compile_)
     prefix = build_vgg19(3, unfreeze_blocks=0, size=size).prefix.eval()
     prefix.to(runtime.device, memory_format=runtime.memory_format)
-    prefix = compiled(prefix, runtime)
     flops = conv_flops(prefix, 3, size)   # 2 × multiply-adds, as the peak counts them
+    prefix = compiled(prefix, runtime)
     x = runtime.to_device(torch.rand(BATCH[size], 3, size, size))
 
     def run():
